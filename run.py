@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""The one command line: `python run.py <command> --help`.
+
+Argument parsing and dispatch only; each command's work lives in the package that owns it.
+Settings come from YAML files in configs/ plus `key=value` overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+CONFIGS = ROOT / "configs"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 160x120, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 8x8)")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate a synthetic scene with exact ground truth and simulated masks",
+                       description="Generate a procedural indoor scene (colour, exact depth, poses, GT labels, GT "
+                                   "mesh) and simulated Grounded-SAM masks, written in the scene format.")
+    s.add_argument("--preset", default=None, help="room | apartment | clutter (default: room)")
+    s.add_argument("--out", required=True, type=Path, help="scene folder to write")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    s.add_argument("--noise", default=None, help="mask noise level: clean | realistic | hard (default realistic)")
+    s.add_argument("--size", type=_size, default=None, help="image size WxH (default 160x120)")
+    s.add_argument("--frames", type=int, default=None, help="number of frames (default: the preset's)")
+    s.add_argument("--config", type=Path, default=CONFIGS / "synth.yaml", help="YAML settings file")
+    s.add_argument("--force", action="store_true", help="replace an existing scene folder")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. masks.p_miss=0.2")
+
+    f = sub.add_parser("fit", help="reconstruct a scene (train the fields and tokens, mesh it)",
+                       description="Train the panoptic reconstruction of a scene folder and write RUN/config.yaml, "
+                                   "RUN/log, RUN/checkpoints/ and RUN/mesh.ply.")
+    f.add_argument("--scene", type=Path, required=True, help="scene folder")
+    f.add_argument("--out", type=Path, required=True, help="run folder")
+    f.add_argument("--config", type=Path, default=CONFIGS / "quick.yaml", help="YAML settings file")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.add_argument("--force", action="store_true", help="replace a different run already in --out")
+    f.add_argument("--skip-bad-frames", action="store_true", help="drop frames with bad poses (with a warning)")
+    f.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. train.iters=2000")
+
+    e = sub.add_parser("eval", help="evaluate a run against the scene's ground truth (RUN/metrics.json)",
+                       description="Evaluate a fitted run: geometry against the GT mesh (and the TSDF baseline), "
+                                   "semantics at the GT mesh vertices; writes RUN/metrics.json.")
+    e.add_argument("--run", type=Path, required=True, help="run folder")
+    e.add_argument("--scene", type=Path, default=None, help="scene folder (default: the run's)")
+    e.add_argument("--no-baseline", action="store_true", help="skip the TSDF-fusion baseline")
+
+    x = sub.add_parser("export", help="export a run (ply | glb | obj | gazebo)",
+                       description="Export the panoptic mesh of a run (filled by the simulation-export issue).")
+    x.add_argument("--run", type=Path, required=True)
+    x.add_argument("--format", choices=["gazebo", "ply", "glb", "obj"], required=True)
+    x.add_argument("--out", type=Path, default=None)
+    x.add_argument("--collision-faces", type=int, default=2000)
+
+    r = sub.add_parser("render", help="render RGB / depth / semantic images of a run from the scene's poses",
+                       description="Render images of a fitted run from the scene's camera poses into RUN/renders/.")
+    r.add_argument("--run", type=Path, required=True)
+    r.add_argument("--frames", default="eval", help="'eval', 'train', 'all' or a comma list of frame ids")
+
+    g = sub.add_parser("segment", help="make 2D masks for a scene (Grounded-SAM or the simulator)",
+                       description="Make masks/ for a scene folder. --backend sim runs the mask simulator on the "
+                                   "scene's GT images.")
+    g.add_argument("--scene", type=Path, required=True)
+    g.add_argument("--backend", choices=["grounded-sam", "sim"], default="grounded-sam")
+    g.add_argument("--noise", default="realistic", help="with --backend sim: clean | realistic | hard")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompts", type=Path, default=None)
+    g.add_argument("--dino-config", type=Path, default=None)
+    g.add_argument("--dino-checkpoint", type=Path, default=None)
+    g.add_argument("--sam-checkpoint", type=Path, default=None)
+    g.add_argument("--sam-type", default="vit_h")
+    g.add_argument("--force", action="store_true")
+
+    b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
+                       description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")
+    b.add_argument("--suite", default="quick")
+    b.add_argument("--out", type=Path, default=Path("runs/bench"))
+
+    d = sub.add_parser("demo", help="the default job: synth room -> fit -> eval (needs no download)",
+                       description="Generate the synthetic 'room' scene, reconstruct it, evaluate it and export it.")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the scene and the run")
+    d.add_argument("--config", type=Path, default=CONFIGS / "quick.yaml")
+    d.add_argument("--force", action="store_true", help="start over even if outputs exist")
+    d.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from recon import commands  # imported late so that --help stays fast
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return int(handler(args) or 0)
+    except commands.UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up this project on a fresh machine: Debian's libusb (for Open3D), a virtual
+# environment in .venv and the pinned packages. Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian's libusb-1.0-0 (needed by Open3D)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+  else
+    echo "[setup] Open3D needs libusb-1.0-0: run 'sudo apt-get install -y libusb-1.0-0'" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt requirements.lock | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing pinned packages (requirements.txt, requirements.lock)"
+  .venv/bin/python -m pip install -q -r requirements.txt -c requirements.lock
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import torch, open3d, mcubes, scipy" || { echo "[setup] import check failed" >&2; exit 1; }
+echo "[setup] ready: .venv ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
