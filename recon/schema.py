@@ -21,3 +21,93 @@ class SynthSettings:
             raise ValueError("holdout_every must be 0 (none) or >= 2")
         if self.frames is not None and self.frames < 2:
             raise ValueError("frames must be at least 2")
+
+
+@dataclass
+class GridSettings:
+    """A multiresolution hash grid (instant-NGP), sized to the scene by its finest cell."""
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    finest_cell_m: float = 0.02          # finest level's cell size in metres; resolution = box extent / this
+    backend: str = "auto"                # auto | torch | tcnn
+
+
+@dataclass
+class ModelSettings:
+    sdf_grid: GridSettings = field(default_factory=GridSettings)
+    sdf_hidden: int = 64
+    sdf_layers: int = 2                  # hidden layers of the SDF MLP
+    geo_feat_dim: int = 15
+    semantic_grid: GridSettings = field(default_factory=lambda: GridSettings(
+        n_levels=12, log2_hashmap_size=17, finest_cell_m=0.04))
+    semantic_hidden: int = 64
+    color_hidden: int = 64
+    box_margin_m: float = 0.2            # scene box = back-projected depth bounds + this margin
+
+
+@dataclass
+class RenderSettings:
+    n_stratified: int = 12               # samples spread over [near, min(far, depth + band)]
+    n_surface: int = 20                  # samples in [depth - band, depth + band] (rays with valid depth)
+    band_m: float = 0.10                 # half width of the near-surface band, metres
+    near_m: float = 0.05
+    far_m: float = 0.0                   # 0 = the largest observed depth + box margin
+    xi: float = 100.0                    # sharpness of sig(s) = 1/(1+exp(-xi s)) in Eq. 11, 1/metres
+    chunk_rays: int = 4096               # rays per chunk when rendering whole images
+
+
+@dataclass
+class LossSettings:
+    trunc_m: float = 0.08                # tau of Eq. 24
+    beta: float = 5.0                    # free-space term exp(-beta s) - 1 of Eq. 24
+    w_sdf: float = 10.0                  # truncated region |s - b|
+    w_free: float = 1.0                  # free-space region
+    w_eik: float = 0.1
+    w_depth: float = 0.1
+    w_rgb: float = 1.0
+    w_sem: float = 0.1
+    eik_fraction: float = 0.25           # share of samples on which the eikonal term is evaluated
+
+
+@dataclass
+class TrainSettings:
+    iters: int = 2000
+    rays_per_iter: int = 1024
+    frames_per_iter: int = 4             # rays of a step come from this many frames (the instance assignment needs it)
+    lr_grid: float = 1e-2
+    lr_mlp: float = 2e-3
+    lr_final_factor: float = 0.1         # exponential decay to lr * this at the last iteration
+    geometry_only_iters: int = 200       # stage 1 (Sec. V-D): depth + sdf + eikonal + rgb only
+    detach_semantic_weights: bool = True # semantic loss does not move the geometry
+    checkpoint_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    threads: int = 0                     # torch threads; 0 = all cores
+
+
+@dataclass
+class MeshSettings:
+    voxel_size_m: float = 0.02
+    chunk_voxels: int = 64
+    cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
+    label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
+
+
+@dataclass
+class DataSettings:
+    split: str = "train"                 # frames to train on (splits.json); all frames when absent
+    skip_bad_frames: bool = False
+    max_memory_gb: float = 0.0           # refuse settings estimated above this; 0 = 80% of available memory
+
+
+@dataclass
+class FitSettings:
+    """`run.py fit`: everything a reconstruction run needs; saved as RUN/config.yaml."""
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    mesh: MeshSettings = field(default_factory=MeshSettings)

@@ -1,0 +1,110 @@
+"""Mesh a trained run: chunked marching cubes on the SDF, cull unobserved space, label and colour vertices."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.config import atomic_write_text
+from recon.data.scene import Scene
+from recon.meshing import extract_mesh, write_ply
+from recon.sampling import FrameBank
+
+
+def class_palette(n: int) -> np.ndarray:
+    """[n, 3] uint8 distinct colours; index 0 (unlabelled) is grey. Deterministic."""
+    rng = np.random.default_rng(12345)
+    pal = np.zeros((max(n, 1), 3), np.uint8)
+    pal[0] = (128, 128, 128)
+    golden = 0.618033988749895
+    for i in range(1, n):
+        h = (i * golden) % 1.0
+        s, v = 0.55 + 0.35 * rng.random(), 0.75 + 0.25 * rng.random()
+        k = np.array([5.0, 3.0, 1.0])
+        c = v - v * s * np.clip(np.minimum((k + h * 6) % 6, 4 - (k + h * 6) % 6), 0, 1)
+        pal[i] = np.round(c * 255).astype(np.uint8)
+    return pal
+
+
+def observed_mask(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_z: list[np.ndarray] | np.ndarray,
+                  margin_m: float) -> np.ndarray:
+    """Which world points [N, 3] lie in observed space of at least one view.
+
+    A point is observed by a view if it projects inside the image in front of the camera
+    onto a pixel with valid depth D and its own z-depth is at most D + margin_m (it is in
+    front of, on, or just behind the observed surface). c2w: [F, 4, 4]; depth_z: [F, H, W].
+    """
+    assert points.ndim == 2 and points.shape[1] == 3
+    seen = np.zeros(len(points), bool)
+    for f in range(len(c2w)):
+        d = depth_z[f]
+        H, W = d.shape
+        w2c = np.linalg.inv(c2w[f])
+        pc = points @ w2c[:3, :3].T + w2c[:3, 3]                                    # [N, 3]
+        z = pc[:, 2]
+        front = z > 1e-3
+        u = np.full(len(points), -1, np.int64)
+        v = np.full(len(points), -1, np.int64)
+        u[front] = np.round(K[0, 0] * pc[front, 0] / z[front] + K[0, 2]).astype(np.int64)
+        v[front] = np.round(K[1, 1] * pc[front, 1] / z[front] + K[1, 2]).astype(np.int64)
+        inside = front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        idx = np.nonzero(inside & ~seen)[0]
+        dz = d[v[idx], u[idx]]
+        ok = (dz > 0) & (z[idx] <= dz + margin_m)
+        seen[idx[ok]] = True
+    return seen
+
+
+@torch.no_grad()
+def _chunked(fn, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = [fn(torch.from_numpy(x[i:i + chunk]).float()).cpu().numpy() for i in range(0, len(x), chunk)]
+    return np.concatenate(out) if out else np.zeros((0,))
+
+
+def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int = 32768) -> dict[str, np.ndarray]:
+    """Normals, colours and semantic labels at mesh vertices, queried `offset_m` inside the surface."""
+    normals, rgb, sem = [], [], []
+    for i in range(0, len(vertices), chunk):
+        x = torch.from_numpy(vertices[i:i + chunk]).float()
+        _, grad = model.sdf_and_grad(x)
+        n = torch.nn.functional.normalize(grad.detach(), dim=-1)
+        with torch.no_grad():
+            xin = x - offset_m * n
+            _, geo = model.sdf(xin)
+            rgb.append(model.color(geo).clamp(0, 1).numpy())
+            sem.append(model.semantic_logits(xin).argmax(-1).numpy())
+        normals.append(n.numpy())
+    if not normals:
+        return {"normals": np.zeros((0, 3)), "rgb": np.zeros((0, 3)), "semantic": np.zeros((0,), np.int64)}
+    return {"normals": np.concatenate(normals), "rgb": np.concatenate(rgb), "semantic": np.concatenate(sem)}
+
+
+def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log) -> Path:
+    """Write RUN/mesh.ply (RGB colours, `semantic` vertex property), mesh_semantic.ply and legend.json."""
+    model.eval()
+    box_min, box_max = model.box_min_np, model.box_max_np
+    depth_z = (bank.depth_ray_m / bank.ray_scale[None]).reshape(-1, bank.height, bank.width).numpy()
+    c2w = bank.c2w.double().numpy()
+
+    def sdf_fn(pts: np.ndarray) -> np.ndarray:
+        return _chunked(lambda x: model.sdf(x)[0], pts.astype(np.float32))
+
+    def keep_fn(pts: np.ndarray) -> np.ndarray:
+        return observed_mask(pts, bank.K, c2w, depth_z, s.mesh.cull_margin_m)
+
+    verts, faces = extract_mesh(sdf_fn, box_min, box_max, s.mesh.voxel_size_m, chunk_voxels=s.mesh.chunk_voxels,
+                                keep_fn=keep_fn)
+    attrs = vertex_attributes(model, verts.astype(np.float32), s.mesh.label_offset_m)
+    rgb = np.round(attrs["rgb"] * 255).astype(np.uint8) if len(verts) else np.zeros((0, 3), np.uint8)
+    sem = attrs["semantic"].astype(np.int32) if scene.has_masks else np.zeros(len(verts), np.int32)
+    path = run / "mesh.ply"
+    write_ply(path, verts, faces, vertex_props={"semantic": sem}, colors=rgb)
+    pal = class_palette(scene.n_classes)
+    write_ply(run / "mesh_semantic.ply", verts, faces, vertex_props={"semantic": sem}, colors=pal[sem])
+    legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
+        {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]
+    atomic_write_text(run / "legend.json", json.dumps(legend, indent=1) + "\n")
+    log.info(f"mesh: {len(verts)} vertices, {len(faces)} faces at {s.mesh.voxel_size_m * 100:.1f} cm voxels")
+    return path

@@ -1,0 +1,106 @@
+"""Trainer: run-folder outputs, exact resume, refusals before any work, observed-space culling, eval keys."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recon.config import ConfigError, load_config
+from recon.data.make_synth import make_synth_scene
+from recon.schema import FitSettings, SynthSettings
+from recon.trainer import MemoryError_, fit
+
+TINY = [
+    "model.sdf_grid.n_levels=6", "model.sdf_grid.log2_hashmap_size=12", "model.sdf_grid.finest_cell_m=0.1",
+    "model.semantic_grid.n_levels=4", "model.semantic_grid.log2_hashmap_size=10", "model.semantic_grid.finest_cell_m=0.2",
+    "model.sdf_hidden=16", "model.semantic_hidden=16", "model.color_hidden=16",
+    "render.n_stratified=4", "render.n_surface=6", "train.rays_per_iter=128", "train.geometry_only_iters=4",
+    "train.log_every=2", "mesh.voxel_size_m=0.12", "train.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scenes") / "room"
+    make_synth_scene(SynthSettings(size=(40, 30), frames=8, holdout_every=4), out, log=lambda *_: None)
+    return out
+
+
+def _settings(*extra: str) -> FitSettings:
+    return load_config(FitSettings, None, TINY + list(extra))
+
+
+def test_fit_writes_run_folder(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    res = fit(tiny_scene, run, _settings("train.iters=8", "train.checkpoint_every=4"), progress=False)
+    assert res.iterations == 8
+    for name in ("config.yaml", "log.txt", "metrics.csv", "mesh.ply", "mesh_semantic.ply", "legend.json",
+                 "timing.json", "checkpoints/last.pt", "checkpoints/ckpt_000004.pt"):
+        assert (run / name).is_file(), name
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("iter,loss/sdf") and len(rows) == 1 + 4
+    again = load_config(FitSettings, run / "config.yaml")
+    assert again.train.iters == 8 and again.model.sdf_grid.n_levels == 6
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["iterations"] == 8 and timing["peak_rss_mb"] > 0
+
+
+def test_resume_continues_with_identical_state(tiny_scene, tmp_path):
+    straight = fit(tiny_scene, tmp_path / "a", _settings("train.iters=6"), progress=False)
+    stopped = fit(tiny_scene, tmp_path / "b", _settings("train.iters=6"), progress=False, stop_at=3)
+    assert stopped.iterations == 3 and stopped.mesh_path is None
+    fit(tiny_scene, tmp_path / "b", _settings("train.iters=6"), resume=True, progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
+    assert a["iter"] == b["iter"] == straight.iterations == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+    assert "resuming" in (tmp_path / "b" / "log.txt").read_text()
+
+
+def test_refusals_before_any_work(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_scene, run, _settings("train.iters=2"), progress=False)
+    before = (run / "mesh.ply").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a different run"):
+        fit(tiny_scene, run, _settings("train.iters=2", "render.xi=50"), progress=False)
+    with pytest.raises(FileExistsError, match="different settings"):
+        fit(tiny_scene, run, _settings("train.iters=4", "render.xi=50"), resume=True, progress=False)
+    assert (run / "mesh.ply").read_bytes() == before  # nothing lost
+    with pytest.raises(ConfigError, match="unknown config key 'train.itres'"):
+        _settings("train.itres=5")
+    with pytest.raises(MemoryError_, match=r"need about [\d.]+ GiB"):
+        fit(tiny_scene, tmp_path / "huge", _settings("model.sdf_grid.log2_hashmap_size=30",
+                                                      "model.sdf_grid.n_levels=32"), progress=False)
+    assert not (tmp_path / "huge").exists()
+    with pytest.raises(FileExistsError, match="no run to resume"):
+        fit(tiny_scene, tmp_path / "empty", _settings(), resume=True, progress=False)
+
+
+def test_observed_mask_hand_case():
+    from recon.export_mesh import observed_mask
+    K = np.array([[10.0, 0, 4.5], [0, 10.0, 4.5], [0, 0, 1]])
+    c2w = np.eye(4)[None]                    # camera at origin looking down +z
+    depth = np.full((1, 10, 10), 2.0)        # a wall at z = 2
+    depth[0, :, :2] = 0                      # left columns: no measurement
+    pts = np.array([[0.0, 0, 1.0],           # in front of the wall: observed
+                    [0.0, 0, 2.04],          # just behind, within the 5 cm margin: observed
+                    [0.0, 0, 2.5],           # far behind the wall: unobserved
+                    [0.0, 0, -1.0],          # behind the camera
+                    [-0.4, 0, 1.0],          # projects to u = 0.5 -> column 0, no depth there
+                    [5.0, 0, 1.0]])          # outside the image
+    np.testing.assert_array_equal(observed_mask(pts, K, c2w, depth, 0.05), [True, True, False, False, False, False])
+
+
+def test_eval_writes_metric_keys(tiny_scene, tmp_path):
+    from eval.evaluate import evaluate_run
+    run = tmp_path / "run"
+    fit(tiny_scene, run, _settings("train.iters=6"), progress=False)
+    m = evaluate_run(run, log=lambda *_: None)
+    assert set(m["geometry"]) >= {"acc_cm", "comp_cm", "chamfer_l1_cm", "precision", "recall", "f1"}
+    assert set(m["semantic_3d"]) >= {"miou", "macc"}
+    assert set(m["timing"]) == {"fit_seconds", "iterations", "peak_rss_mb"}
+    assert set(m["baselines"]["tsdf_fusion"]["geometry"]) >= {"f1", "chamfer_l1_cm"}
+    assert m["baselines"]["tsdf_fusion"]["geometry"]["f1"] > 50  # fusion of exact depth is good even here
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(m))
