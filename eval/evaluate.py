@@ -52,11 +52,14 @@ def observed_gt(scene: Scene, seed: int = 0) -> dict:
     return out
 
 
-def mesh_geometry(vertices: np.ndarray, faces: np.ndarray, gt_points: np.ndarray, seed: int = 0) -> dict:
+def mesh_geometry(vertices: np.ndarray, faces: np.ndarray, gt: dict, seed: int = 0) -> dict:
+    """Geometry metrics of a predicted mesh against the observed GT (points from observed_gt)."""
     if len(faces) == 0:
-        return geometry_metrics(np.zeros((0, 3)), gt_points, THRESHOLD_M)
+        return geometry_metrics(np.zeros((0, 3)), gt["points"], THRESHOLD_M)
     pred_pts = sample_mesh_points(vertices, faces, N_POINTS, seed=seed)
-    return {k: round(float(v), 4) for k, v in geometry_metrics(pred_pts, gt_points, THRESHOLD_M).items()}
+    m = geometry_metrics(pred_pts, gt["points"], THRESHOLD_M, pred_mesh=(vertices, faces),
+                         gt_mesh=(gt["vertices"], gt["faces"]))
+    return {k: round(float(v), 4) for k, v in m.items()}
 
 
 def semantic_at_points(pred_vertices: np.ndarray, pred_semantic: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -91,7 +94,7 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         log(f"{scene.root} has no gt/mesh.ply: geometry and 3D semantic metrics skipped")
     else:
         gt = observed_gt(scene)
-        metrics["geometry"] = mesh_geometry(pred["vertices"], pred["faces"], gt["points"])
+        metrics["geometry"] = mesh_geometry(pred["vertices"], pred["faces"], gt)
         metrics["geometry"]["gt_faces_observed"] = gt["n_faces_observed"]
         if "point_semantic" in gt and "semantic" in pred["props"]:
             lab = semantic_at_points(pred["vertices"], pred["props"]["semantic"], gt["points"])
@@ -103,7 +106,7 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
                                                         for k, v in sm["per_class_iou"].items()}}
         if baseline:
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
-            metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt["points"]),
+            metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),
                                                     "voxel_size_m": voxel, "seconds": round(b["seconds"], 2)}}
     timing_path = run / "timing.json"
     if timing_path.is_file():
