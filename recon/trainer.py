@@ -28,6 +28,8 @@ from recon.schema import FitSettings
 
 # ----------------------------------------------------------------------------- one step
 
+SEM_MIN_WEIGHT = 1e-3  # samples with a smaller rendering weight are skipped by the semantic branch
+
 def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettings, *, with_grad: bool,
                 with_semantic: bool, eik_fraction: float = 0.0, gen: torch.Generator | None = None,
                 detach_sem_weights: bool = True) -> dict[str, torch.Tensor]:
@@ -56,8 +58,18 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
     out["acc"] = accumulated_opacity(w)
     out["rgb"] = render(w, rgb_pts)
     if with_semantic:
-        probs = torch.softmax(model.semantic_logits(flat), -1).reshape(R, S, -1)    # [R, S, C]
-        out["sem_probs"] = render(w.detach() if detach_sem_weights else w, probs)
+        w_sem = w.detach() if detach_sem_weights else w
+        if detach_sem_weights:
+            # only samples that carry weight contribute to the rendered distribution: query the
+            # semantic field there alone (a few samples per ray instead of all S)
+            keep = (w_sem > SEM_MIN_WEIGHT).reshape(-1)                              # [R*S]
+            probs = torch.zeros(R * S, model.n_classes)
+            if keep.any():
+                probs[keep] = torch.softmax(model.semantic_logits(flat[keep]), -1)
+            probs = probs.reshape(R, S, -1)                                          # [R, S, C]
+        else:
+            probs = torch.softmax(model.semantic_logits(flat), -1).reshape(R, S, -1)
+        out["sem_probs"] = render(w_sem, probs)
     return out
 
 

@@ -104,3 +104,18 @@ def test_eval_writes_metric_keys(tiny_scene, tmp_path):
     assert set(m["baselines"]["tsdf_fusion"]["geometry"]) >= {"f1", "chamfer_l1_cm"}
     assert m["baselines"]["tsdf_fusion"]["geometry"]["f1"] > 50  # fusion of exact depth is good even here
     assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(m))
+
+
+def test_render_command_writes_images(tiny_scene, tmp_path):
+    from PIL import Image
+    from recon.render_images import render_run_images
+    run = tmp_path / "run"
+    fit(tiny_scene, run, _settings("train.iters=4"), progress=False)
+    out = render_run_images(run, "000001,000003", log=lambda *_: None)
+    for fid in ("000001", "000003"):
+        for kind in ("rgb", "depth", "semantic"):
+            img = np.asarray(Image.open(out / f"{fid}_{kind}.png"))
+            assert img.shape == (30, 40, 3)
+    assert (out / "overview.png").is_file()
+    with pytest.raises(FileNotFoundError, match="not in"):
+        render_run_images(run, "999999")
