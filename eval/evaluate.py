@@ -2,8 +2,10 @@
 
 Geometry: points sampled uniformly on the predicted mesh and on the observed part of
 the GT mesh (GT faces seen by at least one evaluation camera, occlusion by the GT mesh
-itself), METHOD.md section 9. semantic_3d: the predicted class at points sampled on the
-observed GT surface, taken from the nearest predicted mesh vertex. The TSDF-fusion
+itself), METHOD.md section 9. semantic_3d: the predicted class at the vertices of the observed
+GT faces, taken from the nearest predicted mesh vertex (semantic_3d_area_sampled: the same at
+points sampled area-uniformly on the observed GT surface, which weighs surfaces by area
+rather than by tessellation). The TSDF-fusion
 baseline fuses the same training depth at the same voxel size and is scored by the
 same code, under "baselines".
 """
@@ -44,9 +46,12 @@ def observed_gt(scene: Scene, seed: int = 0) -> dict:
     vis = visible_face_mask(v, f, scene.K, scene.c2w[idx], scene.width, scene.height)
     fv = f[vis]
     pts, face = sample_mesh_points(v, fv, N_POINTS, seed=seed + 1, return_face_index=True)
-    out = {"vertices": v, "faces": fv, "points": pts, "n_faces_total": int(len(f)), "n_faces_observed": int(vis.sum())}
+    vert_idx = np.unique(fv)
+    out = {"vertices": v, "faces": fv, "points": pts, "n_faces_total": int(len(f)), "n_faces_observed": int(vis.sum()),
+           "observed_vertices": v[vert_idx]}
     if "semantic" in props:
         out["point_semantic"] = props["semantic"][fv[face, 0]].astype(np.int64)
+        out["vertex_semantic"] = props["semantic"][vert_idx].astype(np.int64)
     if "instance" in props:
         out["point_instance"] = props["instance"][fv[face, 0]].astype(np.int64)
     return out
@@ -97,13 +102,14 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         metrics["geometry"] = mesh_geometry(pred["vertices"], pred["faces"], gt)
         metrics["geometry"]["gt_faces_observed"] = gt["n_faces_observed"]
         if "point_semantic" in gt and "semantic" in pred["props"]:
-            lab = semantic_at_points(pred["vertices"], pred["props"]["semantic"], gt["points"])
-            conf = confusion_matrix(lab, gt["point_semantic"], scene.n_classes, ignore_gt=0)
-            sm = semantic_metrics(conf)
             names = {c.id: c.name for c in scene.classes}
-            metrics["semantic_3d"] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
-                                      "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
-                                                        for k, v in sm["per_class_iou"].items()}}
+            for key, pts, labels in (("semantic_3d", gt["observed_vertices"], gt["vertex_semantic"]),
+                                     ("semantic_3d_area_sampled", gt["points"], gt["point_semantic"])):
+                lab = semantic_at_points(pred["vertices"], pred["props"]["semantic"], pts)
+                sm = semantic_metrics(confusion_matrix(lab, labels, scene.n_classes, ignore_gt=0))
+                metrics[key] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
+                                "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
+                                                  for k, v in sm["per_class_iou"].items()}}
         if baseline:
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
             metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import resource
 import sys
 import time
@@ -100,11 +99,3 @@ class RunLog:
         if self.tb is not None:
             self.tb.close()
 
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass

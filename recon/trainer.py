@@ -1,7 +1,7 @@
 """Training loop for the reconstruction: staged schedule, Adam, checkpoints, exact resume, logs.
 
 A run folder holds config.yaml (resolved settings), log.txt, metrics.csv, tb/ (TensorBoard),
-checkpoints/ckpt_XXXXXX.pt (+ last.pt), timing.json and, at the end, mesh.ply + legend.
+checkpoints/ckpt_<iteration>.pt (+ last.pt), timing.json and, at the end, mesh.ply + legend.
 """
 from __future__ import annotations
 

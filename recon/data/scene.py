@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -662,8 +662,3 @@ def replace_masks(root: str | Path, masks: Iterable[tuple[str, np.ndarray, np.nd
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def iter_frames(scene: Scene, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield (index, colour [H, W, 3] uint8, depth_m [H, W] float32)."""
-    for i in (range(len(scene)) if indices is None else indices):
-        yield i, scene.load_color(i), scene.load_depth_m(i)

@@ -18,14 +18,6 @@ from recon.meshing import extract_mesh
 from recon.render import render_depth, sdf_to_alpha, transmittance_weights
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread while these tests run (restored afterwards): on the shared 2-core machine a
-    second thread is ~14x slower whenever another process is busy, and only ~1.3x faster when idle."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 R_SPHERE = 0.5

@@ -7,14 +7,6 @@ import torch
 from recon.losses import depth_loss, eikonal_loss, rgb_loss, sdf_loss, semantic_loss
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread while these tests run (restored afterwards): on the shared 2-core machine a
-    second thread is ~14x slower whenever another process is busy, and only ~1.3x faster when idle."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_sdf_loss_hand_computed():

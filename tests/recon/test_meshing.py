@@ -8,14 +8,6 @@ import torch
 from recon.meshing import extract_mesh, grid_shape, read_ply, write_ply
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread while these tests run (restored afterwards): on the shared 2-core machine a
-    second thread is ~14x slower whenever another process is busy, and only ~1.3x faster when idle."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 C_A, R_A = np.array([0.1, 0.0, 0.05]), 0.3

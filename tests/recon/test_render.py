@@ -14,14 +14,6 @@ from recon.render import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread while these tests run (restored afterwards): on the shared 2-core machine a
-    second thread is ~14x slower whenever another process is busy, and only ~1.3x faster when idle."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # Hand-computed ray, xi = 1: s = [ln 3, 0, -ln 3, -ln 9] gives sig(s) = [3/4, 1/2, 1/4, 1/10]
