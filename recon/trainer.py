@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recon.config import atomic_write_text, load_config, save_config, to_dict
+from recon.config import ConfigError, atomic_write_text, load_config, save_config, to_dict
 from recon.data.scene import Scene, load_scene
 from recon.losses import depth_loss, eikonal_loss, rgb_loss, sdf_loss, semantic_loss
 from recon.model import SceneModel, estimate_model_bytes, scene_box
@@ -181,9 +181,9 @@ def train_indices(scene: Scene, s: FitSettings) -> list[int]:
     if s.data.split in scene.splits:
         idx = scene.split_indices(s.data.split)
     else:
-        raise ValueError(f"split '{s.data.split}' not in {scene.root / 'splits.json'} (has: {list(scene.splits)})")
+        raise ConfigError(f"data.split '{s.data.split}' is not a split of {scene.root} (has: {list(scene.splits)})")
     if not idx:
-        raise ValueError(f"split '{s.data.split}' of {scene.root} has no frames")
+        raise ConfigError(f"data.split '{s.data.split}' of {scene.root} has no frames")
     return idx
 
 
