@@ -27,6 +27,12 @@ def check_synth_settings(s: SynthSettings) -> None:
         raise ConfigError(f"masks overrides: {exc}") from exc
 
 
+def confusable_ids(name_to_id: dict[str, int]) -> dict[int, list[int]]:
+    """CONFUSABLE (class names) as class ids of this scene; pairs with an absent class are dropped."""
+    return {name_to_id[a]: [name_to_id[b] for b in bs if b in name_to_id]
+            for a, bs in CONFUSABLE.items() if a in name_to_id}
+
+
 def frame_splits(n_frames: int, holdout_every: int) -> dict[str, list[str]]:
     """Every `holdout_every`-th frame (4, 9, ... for 5) is held out of training; eval uses all frames."""
     ids = [f"{i:06d}" for i in range(n_frames)]
@@ -43,10 +49,8 @@ def make_synth_scene(settings: SynthSettings, out: Path, overwrite: bool = False
     t0 = time.perf_counter()
     scene = generate_scene(settings.preset, seed=settings.seed, size=tuple(settings.size), n_frames=settings.frames)
     t_gen = time.perf_counter() - t0
-    name_to_id = {c["name"]: c["id"] for c in scene.classes}
     thing_ids = {c["id"] for c in scene.classes if c["thing"]}
-    confusable = {name_to_id[a]: [name_to_id[b] for b in bs if b in name_to_id]
-                  for a, bs in CONFUSABLE.items() if a in name_to_id}
+    confusable = confusable_ids({c["name"]: c["id"] for c in scene.classes})
     cfg = noise_config(settings.noise, **settings.masks)
     t1 = time.perf_counter()
     masks = simulate_scene_masks([f.gt_semantic for f in scene.frames], [f.gt_instance for f in scene.frames],
@@ -89,8 +93,7 @@ def simulate_masks_for_scene(scene_dir: Path, noise: str, seed: int, overwrite: 
         raise FileExistsError(f"{scene_dir / 'masks'} already exists; pass --force to replace it")
     if noise not in NOISE_LEVELS:
         raise ConfigError(f"unknown noise level '{noise}'; choose one of {', '.join(NOISE_LEVELS)}")
-    names = {c.name: c.id for c in scene.classes}
-    confusable = {names[a]: [names[b] for b in bs if b in names] for a, bs in CONFUSABLE.items() if a in names}
+    confusable = confusable_ids({c.name: c.id for c in scene.classes})
     gts = [scene.load_gt(i) for i in range(len(scene))]
     masks = simulate_scene_masks([g[0] for g in gts], [g[1] for g in gts], set(scene.thing_ids()), confusable,
                                  noise_config(noise), seed=seed)

@@ -275,28 +275,19 @@ def load_scene(root: str | Path, *, skip_bad_frames: bool = False, check_images:
     class_ids = {c.id for c in classes}
     thing_ids = {c.id for c in classes if c.thing}
 
-    # per-frame folders
+    # per-frame folders: (folders, whether the group must exist, what a missing member lacks)
     listings: dict[str, dict[str, str]] = {}
-    for sub in ("color", "depth", "pose"):
-        folder = root / sub
-        if not folder.is_dir():
-            problems.append(f"{folder}: missing folder")
-        else:
-            listings[sub] = _list_frames(folder, PER_FRAME_DIRS[sub], problems)
     has_masks = (root / "masks").is_dir()
-    if has_masks:
-        for sub in ("masks/instance", "masks/semantic", "masks/scores"):
-            folder = root / sub
-            if not folder.is_dir():
-                problems.append(f"{folder}: missing folder (masks/ needs instance/, semantic/ and scores/)")
-            else:
-                listings[sub] = _list_frames(folder, PER_FRAME_DIRS[sub], problems)
     has_gt_images = (root / "gt" / "semantic").is_dir() or (root / "gt" / "instance").is_dir()
-    if has_gt_images:
-        for sub in ("gt/semantic", "gt/instance"):
+    groups = [(("color", "depth", "pose"), True, ""),
+              (("masks/instance", "masks/semantic", "masks/scores"), has_masks,
+               " (masks/ needs instance/, semantic/ and scores/)"),
+              (("gt/semantic", "gt/instance"), has_gt_images, " (gt/ images need semantic/ and instance/)")]
+    for subs, present, hint in groups:
+        for sub in subs if present else ():
             folder = root / sub
             if not folder.is_dir():
-                problems.append(f"{folder}: missing folder (gt/ images need semantic/ and instance/)")
+                problems.append(f"{folder}: missing folder{hint}")
             else:
                 listings[sub] = _list_frames(folder, PER_FRAME_DIRS[sub], problems)
 
@@ -493,6 +484,13 @@ def _write_label(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(_png_bytes(arr))
 
 
+def _scores_json(scores: dict) -> str:
+    """masks/scores/<id>.json text: {"<instance id>": {"class": int, "score": float}}, sorted by id."""
+    out = {str(int(k)): {"class": int(v["class"]), "score": round(float(v["score"]), 6)}
+           for k, v in sorted(scores.items(), key=lambda kv: int(kv[0]))}
+    return json.dumps(out, indent=1) + "\n"
+
+
 def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
     """Metres (float, 0/nan = invalid) -> uint16 millimetres, rounded; beyond 65.535 m -> 0 (invalid)."""
     d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -531,9 +529,7 @@ def _write_frame(tmp: Path, fid: str, fr: FrameRecord, size: tuple[int, int] | N
     if fr.mask_instance is not None:
         _write_label(tmp / "masks" / "instance" / f"{fid}.png", fr.mask_instance)
         _write_label(tmp / "masks" / "semantic" / f"{fid}.png", fr.mask_semantic)
-        scores = {str(int(k)): {"class": int(v["class"]), "score": round(float(v["score"]), 6)}
-                  for k, v in sorted((fr.mask_scores or {}).items(), key=lambda kv: int(kv[0]))}
-        (tmp / "masks" / "scores" / f"{fid}.json").write_text(json.dumps(scores, indent=1) + "\n")
+        (tmp / "masks" / "scores" / f"{fid}.json").write_text(_scores_json(fr.mask_scores or {}))
     if fr.gt_semantic is not None:
         _write_label(tmp / "gt" / "semantic" / f"{fid}.png", fr.gt_semantic)
         _write_label(tmp / "gt" / "instance" / f"{fid}.png", fr.gt_instance)
@@ -636,9 +632,7 @@ def replace_masks(root: str | Path, masks: Iterable[tuple[str, np.ndarray, np.nd
         for fid, inst, sem, scores in masks:
             _write_label(tmp / "instance" / f"{fid}.png", inst)
             _write_label(tmp / "semantic" / f"{fid}.png", sem)
-            js = {str(int(k)): {"class": int(v["class"]), "score": round(float(v["score"]), 6)}
-                  for k, v in sorted(scores.items(), key=lambda kv: int(kv[0]))}
-            (tmp / "scores" / f"{fid}.json").write_text(json.dumps(js, indent=1) + "\n")
+            (tmp / "scores" / f"{fid}.json").write_text(_scores_json(scores))
         old_classes = (root / "classes.json").read_bytes() if (root / "classes.json").exists() else None
         if classes is not None:
             from recon.config import atomic_write_text
