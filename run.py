@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
+DATASET_KINDS = ("replica-nice-slam", "replica-semantic-nerf", "scannet", "scannetpp", "7scenes")  # readers.READERS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -60,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scene", type=Path, default=None, help="scene folder (default: the run's)")
     e.add_argument("--no-baseline", action="store_true", help="skip the TSDF-fusion baseline")
 
-    x = sub.add_parser("export", help="export a run (ply | glb | obj | gazebo)",
-                       description="Export the panoptic mesh of a run (filled by the simulation-export issue).")
-    x.add_argument("--run", type=Path, required=True)
+    x = sub.add_parser("export", help="export a run (gazebo | ply | glb | obj)",
+                       description="Export a fitted run: 'gazebo' writes an SDFormat world with one static model per "
+                                   "thing instance plus 'environment'; 'ply', 'glb', 'obj' write the panoptic mesh "
+                                   "and one file per instance. See recon/export/.")
+    x.add_argument("--run", type=Path, required=True, help="run folder")
     x.add_argument("--format", choices=["gazebo", "ply", "glb", "obj"], required=True)
-    x.add_argument("--out", type=Path, default=None)
-    x.add_argument("--collision-faces", type=int, default=2000)
+    x.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/FORMAT)")
+    x.add_argument("--collision-faces", type=int, default=2000, help="gazebo: face budget of each collision mesh")
+    x.add_argument("--color-by", choices=["rgb", "semantic", "instance"], default="rgb",
+                   help="vertex colours: appearance, class colour, or instance colour (stuff by class)")
 
     r = sub.add_parser("render", help="render RGB / depth / semantic images of a run from the scene's poses",
                        description="Render images of a fitted run from the scene's camera poses into RUN/renders/.")
@@ -73,18 +78,45 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", default="eval", help="'eval', 'train', 'all' or a comma list of frame ids")
 
     g = sub.add_parser("segment", help="make 2D masks for a scene (Grounded-SAM or the simulator)",
-                       description="Make masks/ for a scene folder. --backend sim runs the mask simulator on the "
-                                   "scene's GT images.")
+                       description="Make masks/ (and classes.json) for a scene folder with Grounded-SAM "
+                                   "(GroundingDINO boxes from a prompt table, a SAM mask per box), or with "
+                                   "--backend sim the mask simulator on the scene's GT images. Finished frames "
+                                   "are kept in SCENE/.segment-work/, so an interrupted run resumes.")
     g.add_argument("--scene", type=Path, required=True)
     g.add_argument("--backend", choices=["grounded-sam", "sim"], default="grounded-sam")
     g.add_argument("--noise", default="realistic", help="with --backend sim: clean | realistic | hard")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prompts", type=Path, default=None)
-    g.add_argument("--dino-config", type=Path, default=None)
-    g.add_argument("--dino-checkpoint", type=Path, default=None)
-    g.add_argument("--sam-checkpoint", type=Path, default=None)
-    g.add_argument("--sam-type", default="vit_h")
-    g.add_argument("--force", action="store_true")
+    g.add_argument("--seed", type=int, default=0, help="with --backend sim: random seed")
+    g.add_argument("--prompts", type=Path, default=None, help="prompt table, e.g. configs/prompts/indoor.yaml")
+    g.add_argument("--dino-config", type=Path, default=None, help="GroundingDINO config (GroundingDINO_SwinT_OGC.py)")
+    g.add_argument("--dino-checkpoint", type=Path, default=None,
+                   help="GroundingDINO weights (groundingdino_swint_ogc.pth)")
+    g.add_argument("--sam-checkpoint", type=Path, default=None, help="SAM weights (sam_vit_h_4b8939.pth, ...)")
+    g.add_argument("--sam-type", default="vit_h", help="vit_h | vit_l | vit_b (must match --sam-checkpoint)")
+    g.add_argument("--text-encoder", default=None,
+                   help="local folder of GroundingDINO's BERT (default: the config's, from the Hugging Face cache)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda[:N]")
+    g.add_argument("--batch-size", type=int, default=2, help="frames per model call")
+    g.add_argument("--force", action="store_true", help="replace existing masks/ and discard a partial run")
+
+    c = sub.add_parser("convert", help="convert a dataset (Replica, ScanNet, ScanNet++, 7-Scenes) into a scene folder",
+                       description="Convert one sequence of a public RGB-D dataset into the scene format. Each "
+                                   "reader's layout and conventions: recon/data/readers/<kind>.py.")
+    c.add_argument("--from", dest="kind", required=True, choices=DATASET_KINDS, help="dataset kind")
+    c.add_argument("src", type=Path, help="the dataset's scene / sequence folder")
+    c.add_argument("--out", type=Path, required=True, help="scene folder to write")
+    c.add_argument("--stride", type=int, default=1, help="keep every Nth frame (default 1)")
+    c.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    c.add_argument("--force", action="store_true", help="replace an existing scene folder")
+    c.add_argument("--skip-bad-frames", action="store_true", help="drop frames with bad poses (with a warning)")
+    c.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), default=None,
+                   help="override the (depth) camera intrinsics")
+    c.add_argument("--color-intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), default=None,
+                   help="7scenes: the colour camera's intrinsics (default 525 525 320 240)")
+    c.add_argument("--resolution", default=None, help="scannet/scannetpp: depth | color | WxH")
+    c.add_argument("--class-names", type=Path, default=None, help="replica-semantic-nerf: info_semantic.json")
+    c.add_argument("--label-map", type=Path, default=None, help="scannet: scannetv2-labels.combined.tsv")
+    c.add_argument("--mesh", type=Path, default=None, help="replica kinds: GT mesh in the same world frame")
+    c.add_argument("--no-gt", action="store_true", help="write no ground truth (labels, mesh)")
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")

@@ -5,7 +5,13 @@ the GT mesh (GT faces seen by at least one evaluation camera, occlusion by the G
 itself), METHOD.md section 9. semantic_3d: the predicted class at the vertices of the observed
 GT faces, taken from the nearest predicted mesh vertex (semantic_3d_area_sampled: the same at
 points sampled area-uniformly on the observed GT surface, which weighs surfaces by area
-rather than by tessellation). The TSDF-fusion
+rather than by tessellation); instance_3d: mCov / mWCov of the GT instances at those vertices,
+labelled the same way. 2D (eval/panoptic_metrics.py): the run's rendered label images
+RUN/labels/semantic|instance/<fid>.png (recon/data/run_labels.py) against gt/semantic|instance
+over all frames of the scene concatenated into one image: panoptic_2d (PQ at IoU > 0.5),
+panoptic_2d_paper (IoU > 0.3, the PanopticRecon++ threshold for Replica / ScanNet++),
+semantic_2d, instance_2d; the same for the held-out frames ("eval" minus "train") under
+"heldout". The TSDF-fusion
 baseline fuses the same training depth at the same voxel size and is scored by the
 same code, under "baselines".
 """
@@ -22,12 +28,16 @@ from scipy.spatial import cKDTree
 from eval.baselines.tsdf import tsdf_fusion
 from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points, semantic_metrics,
                           visible_face_mask)
+from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
 from recon.config import atomic_write_text
 from recon.meshing import read_ply
+from recon.data.run_labels import has_label_images, missing_label_frames, read_label_images
 from recon.data.scene import Scene, load_scene
 
 N_POINTS = 200_000
 THRESHOLD_M = 0.05
+PQ_THRESHOLD = 0.5        # standard PQ (Panoptic Lifting, PVLFF, PanSt3R)
+PQ_THRESHOLD_PAPER = 0.3  # PanopticRecon++ evaluation code on Replica / ScanNet++ (0.1 on ScanNet)
 
 
 def _run_scene(run: Path, scene_dir: Path | None) -> Path:
@@ -54,6 +64,7 @@ def observed_gt(scene: Scene, seed: int = 0) -> dict:
         out["vertex_semantic"] = props["semantic"][vert_idx].astype(np.int64)
     if "instance" in props:
         out["point_instance"] = props["instance"][fv[face, 0]].astype(np.int64)
+        out["vertex_instance"] = props["instance"][vert_idx].astype(np.int64)
     return out
 
 
@@ -82,6 +93,59 @@ def tsdf_baseline(scene: Scene, voxel_size_m: float, split: str) -> dict:
     return tsdf_fusion(depths, colors, scene.K, [scene.c2w[i] for i in idx], voxel_size_m)
 
 
+def heldout_indices(scene: Scene) -> list[int]:
+    """Frames in the "eval" split but not in "train" (novel views), in scene order."""
+    train = set(scene.split_indices("train"))
+    return [i for i in scene.split_indices("eval") if i not in train]
+
+
+def _pq_block(pq: dict, names: dict[int, str]) -> dict:
+    return {"pq": round(pq["pq"], 3), "sq": round(pq["sq"], 3), "rq": round(pq["rq"], 3),
+            "iou_threshold": pq["iou_threshold"], "pq_things": round(pq["pq_things"], 3),
+            "pq_stuff": round(pq["pq_stuff"], 3), "tp": pq["tp"], "fp": pq["fp"], "fn": pq["fn"],
+            "per_class_pq": {names.get(c, str(c)): round(v["pq"], 3) for c, v in pq["per_class"].items()}}
+
+
+def panoptic_2d_scores(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, gt_inst: np.ndarray,
+                       scene: Scene) -> dict:
+    """panoptic_2d, panoptic_2d_paper, semantic_2d and instance_2d blocks over flattened [P] labels."""
+    names = {c.id: c.name for c in scene.classes}
+    things = scene.thing_ids()
+    out = {key: _pq_block(panoptic_quality(pred_sem, pred_inst, gt_sem, gt_inst, things, thr), names)
+           for key, thr in (("panoptic_2d", PQ_THRESHOLD), ("panoptic_2d_paper", PQ_THRESHOLD_PAPER))}
+    sm = semantic_scores(pred_sem, gt_sem, scene.n_classes)
+    out["semantic_2d"] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3)}
+    cov = instance_coverage(pred_inst, gt_sem, gt_inst, things)
+    out["instance_2d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
+                          "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"]}
+    return out
+
+
+def panoptic_2d_metrics(run: Path, scene: Scene) -> dict:
+    """2D blocks over all frames of the scene, plus the held-out frames under "heldout" (if any).
+
+    Reads RUN/labels/semantic|instance/<fid>.png and the scene's gt/ images; every frame is
+    concatenated into one image (scene-level PQ, eval/panoptic_metrics.py).
+    """
+    size = (scene.width, scene.height)
+    per_frame = []
+    for i, fid in enumerate(scene.frame_ids):
+        p_sem, p_inst = read_label_images(run, fid, size)
+        g_sem, g_inst = scene.load_gt(i)
+        per_frame.append([a.astype(np.uint16).reshape(-1) for a in (p_sem, p_inst, g_sem, g_inst)])
+
+    def scores(idx: list[int]) -> dict:
+        cat = [np.concatenate([per_frame[i][k] for i in idx]) for k in range(4)]
+        return panoptic_2d_scores(*cat, scene)
+
+    out = scores(list(range(len(scene.frame_ids))))
+    out["frames_2d"] = len(scene.frame_ids)
+    held = heldout_indices(scene)
+    if held:
+        out["heldout"] = {**scores(held), "n_frames": len(held)}
+    return out
+
+
 def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print) -> dict:
     run = Path(run)
     mesh_path = run / "mesh.ply"
@@ -91,6 +155,13 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     voxel = float(cfg.get("mesh", {}).get("voxel_size_m", 0.02))
     split = cfg.get("data", {}).get("split", "train")
+    labels_2d = has_label_images(run)
+    if labels_2d and scene.has_gt_images:
+        missing = missing_label_frames(run, scene.frame_ids)
+        if missing:
+            raise FileNotFoundError(f"{run / 'labels'}: label images missing for {len(missing)} of "
+                                    f"{len(scene.frame_ids)} frames (first: {', '.join(missing[:5])}); "
+                                    f"render them for every frame of the scene")
     pv, pf, _, pprops = read_ply(mesh_path)
     pred = {"vertices": pv, "faces": pf, "props": pprops}
     metrics: dict = {}
@@ -110,10 +181,25 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
                 metrics[key] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
                                 "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
                                                   for k, v in sm["per_class_iou"].items()}}
+        if "vertex_instance" in gt and "vertex_semantic" in gt and "instance" in pred["props"]:
+            inst = semantic_at_points(pred["vertices"], pred["props"]["instance"], gt["observed_vertices"])
+            cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
+            metrics["instance_3d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
+                                      "n_gt_instances": cov["n_gt_instances"],
+                                      "n_pred_instances": cov["n_pred_instances"]}
+        elif "vertex_instance" in gt:
+            log(f"{mesh_path} has no 'instance' vertex property: instance_3d skipped")
         if baseline:
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
             metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),
                                                     "voxel_size_m": voxel, "seconds": round(b["seconds"], 2)}}
+    if not scene.has_gt_images:
+        log(f"{scene.root} has no gt/ label images: 2D panoptic, semantic and instance metrics skipped")
+    elif not labels_2d:
+        log(f"{run} has no labels/semantic and labels/instance images (older run): 2D panoptic, semantic and "
+            f"instance metrics skipped")
+    else:
+        metrics.update(panoptic_2d_metrics(run, scene))
     timing_path = run / "timing.json"
     if timing_path.is_file():
         t = json.loads(timing_path.read_text())

@@ -43,11 +43,32 @@ def cmd_synth(args) -> int:
 
 @_guard
 def cmd_segment(args) -> int:
-    if args.backend != "sim":
-        raise UserError("the Grounded-SAM backend is not available yet (real-data issue); "
-                        "use --backend sim to simulate masks from the scene's gt/ images")
-    from recon.data.make_synth import simulate_masks_for_scene
-    simulate_masks_for_scene(args.scene, args.noise, args.seed, overwrite=args.force)
+    from recon.data.mask_source import SimMaskSource, run_mask_source
+    if args.backend == "sim":
+        source = SimMaskSource(args.noise, args.seed)
+    else:
+        from recon.data.grounded_sam import GroundedSamSource, GsamUnavailable
+        try:
+            source = GroundedSamSource(args.prompts, args.dino_config, args.dino_checkpoint, args.sam_checkpoint,
+                                       sam_type=args.sam_type, text_encoder=getattr(args, "text_encoder", None),
+                                       device=getattr(args, "device", "auto"),
+                                       batch_size=getattr(args, "batch_size", 2))
+        except GsamUnavailable as exc:
+            raise UserError(str(exc)) from exc
+    run_mask_source(args.scene, source, force=args.force)
+    return 0
+
+
+@_guard
+def cmd_convert(args) -> int:
+    from recon.data.readers import ReaderError, convert
+    try:
+        convert(args.kind, args.src, args.out, args.stride, args.max_frames, args.force,
+                skip_bad_frames=args.skip_bad_frames, intrinsics=args.intrinsics,
+                color_intrinsics=args.color_intrinsics, resolution=args.resolution, class_names=args.class_names,
+                label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt)
+    except ReaderError as exc:
+        raise UserError(str(exc)) from exc
     return 0
 
 
@@ -75,9 +96,13 @@ def cmd_render(args) -> int:
     return render_command(args)
 
 
+@_guard
 def cmd_export(args) -> int:
-    raise UserError("export is not available yet (simulation-export issue); the run's mesh.ply is the "
-                    "panoptic mesh in PLY form")
+    from recon.export import ExportError, export_command
+    try:
+        return export_command(args)
+    except ExportError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def cmd_bench(args) -> int:

@@ -63,9 +63,14 @@ def _chunked(fn, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0,))
 
 
-def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int = 32768) -> dict[str, np.ndarray]:
-    """Normals, colours and semantic labels at mesh vertices, queried `offset_m` inside the surface."""
-    normals, rgb, sem = [], [], []
+def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int = 32768, branch=None,
+                      head: bool = True) -> dict[str, np.ndarray]:
+    """Normals, colours and panoptic labels at mesh vertices, queried `offset_m` inside the surface.
+
+    semantic [V] class id; token [V] token index (-1 = none; only with an instance branch);
+    confidence [V] the winning probability."""
+    from recon.labels import point_labels
+    normals, rgb, sem, tok, conf = [], [], [], [], []
     for i in range(0, len(vertices), chunk):
         x = torch.from_numpy(vertices[i:i + chunk]).float()
         _, grad = model.sdf_and_grad(x)
@@ -74,15 +79,72 @@ def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int =
             xin = x - offset_m * n
             _, geo = model.sdf(xin)
             rgb.append(model.color(geo).clamp(0, 1).numpy())
-            sem.append(model.semantic_logits(xin).argmax(-1).numpy())
+            c, t, p = point_labels(model, branch, head, xin)
+            sem.append(c.numpy())
+            tok.append(t.numpy())
+            conf.append(p.numpy())
         normals.append(n.numpy())
     if not normals:
-        return {"normals": np.zeros((0, 3)), "rgb": np.zeros((0, 3)), "semantic": np.zeros((0,), np.int64)}
-    return {"normals": np.concatenate(normals), "rgb": np.concatenate(rgb), "semantic": np.concatenate(sem)}
+        return {"normals": np.zeros((0, 3)), "rgb": np.zeros((0, 3)), "semantic": np.zeros((0,), np.int64),
+                "token": np.zeros((0,), np.int64), "confidence": np.zeros((0,))}
+    return {"normals": np.concatenate(normals), "rgb": np.concatenate(rgb), "semantic": np.concatenate(sem),
+            "token": np.concatenate(tok), "confidence": np.concatenate(conf)}
 
 
-def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log) -> Path:
-    """Write RUN/mesh.ply (RGB colours, `semantic` vertex property), mesh_semantic.ply and legend.json."""
+def face_labels(faces: np.ndarray, vertex_labels: np.ndarray) -> np.ndarray:
+    """Label of each face [F]: the value shared by at least two of its vertices, else its first vertex's."""
+    a, b, c = (vertex_labels[faces[:, k]] for k in range(3))
+    return np.where((b == c) & (a != b), b, a)
+
+
+def instance_palette(ids: np.ndarray) -> np.ndarray:
+    """[len(ids), 3] uint8 distinct, deterministic colours for instance ids."""
+    rng = np.random.default_rng(777)
+    table = rng.integers(40, 256, size=(int(ids.max(initial=0)) + 1, 3)).astype(np.uint8)
+    return table[ids]
+
+
+def write_instances(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.ndarray, sem: np.ndarray,
+                    inst: np.ndarray, conf: np.ndarray, names: dict[int, str], token_ids: np.ndarray,
+                    min_vertices: int) -> list[dict]:
+    """RUN/instances/<id>_<class>.ply per thing instance and RUN/instances.json."""
+    out_dir = run / "instances"
+    if out_dir.exists():
+        for old in out_dir.glob("*.ply"):
+            old.unlink()
+    out_dir.mkdir(exist_ok=True)
+    f_inst = face_labels(faces, inst) if len(faces) else np.zeros(0, np.int64)
+    entries = []
+    for iid in sorted(int(i) for i in np.unique(inst) if i > 0):
+        vsel = inst == iid
+        if int(vsel.sum()) < min_vertices:
+            continue
+        cls = int(np.bincount(sem[vsel]).argmax())
+        cname = names.get(cls, str(cls)).replace(" ", "_")
+        fsel = faces[f_inst == iid]
+        used = np.unique(fsel)
+        remap = np.full(len(verts), -1, np.int64)
+        remap[used] = np.arange(len(used))
+        fname = f"{iid}_{cname}.ply"
+        write_ply(out_dir / fname, verts[used], remap[fsel], colors=rgb[used],
+                  vertex_props={"semantic": sem[used].astype(np.int32), "instance": inst[used].astype(np.int32)})
+        pts = verts[vsel]
+        entries.append({"id": iid, "class_id": cls, "class": names.get(cls, str(cls)),
+                        "score": round(float(conf[vsel].mean()), 4), "n_vertices": int(vsel.sum()),
+                        "n_faces": int(len(fsel)), "bbox_min": pts.min(0).round(4).tolist(),
+                        "bbox_max": pts.max(0).round(4).tolist(), "centroid": pts.mean(0).round(4).tolist(),
+                        "file": f"instances/{fname}"})
+    doc = {"instances": entries, "token_ids": [int(t) for t in token_ids],
+           "note": "id: scene-consistent instance id (mesh.ply vertex 'instance', labels/instance/*.png); "
+                   "token_ids[i]: the id of token i"}
+    atomic_write_text(run / "instances.json", json.dumps(doc, indent=1) + "\n")
+    return entries
+
+
+def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None) -> Path:
+    """Write RUN/mesh.ply (RGB colours, `semantic` and `instance` vertex properties), mesh_semantic.ply,
+    mesh_panoptic.ply, legend.json and, with an instance branch, instances/ and instances.json."""
+    from recon.labels import apply_ids, token_id_map
     model.eval()
     box_min, box_max = model.box_min_np, model.box_max_np
     depth_z = (bank.depth_ray_m / bank.ray_scale[None]).reshape(-1, bank.height, bank.width).numpy()
@@ -96,15 +158,30 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log) -> 
 
     verts, faces = extract_mesh(sdf_fn, box_min, box_max, s.mesh.voxel_size_m, chunk_voxels=s.mesh.chunk_voxels,
                                 keep_fn=keep_fn)
-    attrs = vertex_attributes(model, verts.astype(np.float32), s.mesh.label_offset_m)
+    attrs = vertex_attributes(model, verts.astype(np.float32), s.mesh.label_offset_m, branch=branch,
+                              head=s.panoptic.head)
     rgb = np.round(attrs["rgb"] * 255).astype(np.uint8) if len(verts) else np.zeros((0, 3), np.uint8)
-    sem = attrs["semantic"].astype(np.int32) if scene.has_masks else np.zeros(len(verts), np.int32)
+    sem = attrs["semantic"].astype(np.int64) if scene.has_masks else np.zeros(len(verts), np.int64)
+    if branch is not None:
+        token_ids = token_id_map(branch.tokens.n, attrs["token"])
+        inst = apply_ids(attrs["token"], token_ids)
+    else:
+        token_ids, inst = np.zeros(0, np.int64), np.zeros(len(verts), np.int64)
+    props = {"semantic": sem.astype(np.int32), "instance": inst.astype(np.int32)}
     path = run / "mesh.ply"
-    write_ply(path, verts, faces, vertex_props={"semantic": sem}, colors=rgb)
+    write_ply(path, verts, faces, vertex_props=props, colors=rgb)
     pal = class_palette(scene.n_classes)
-    write_ply(run / "mesh_semantic.ply", verts, faces, vertex_props={"semantic": sem}, colors=pal[sem])
+    write_ply(run / "mesh_semantic.ply", verts, faces, vertex_props=props, colors=pal[sem])
+    pan_rgb = np.where((inst > 0)[:, None], instance_palette(inst), pal[sem])
+    write_ply(run / "mesh_panoptic.ply", verts, faces, vertex_props=props, colors=pan_rgb)
     legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
         {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]
     atomic_write_text(run / "legend.json", json.dumps(legend, indent=1) + "\n")
     log.info(f"mesh: {len(verts)} vertices, {len(faces)} faces at {s.mesh.voxel_size_m * 100:.1f} cm voxels")
+    if branch is not None:
+        names = {c.id: c.name for c in scene.classes}
+        entries = write_instances(run, verts, faces, rgb, sem, inst, attrs["confidence"], names, token_ids,
+                                  s.panoptic.min_instance_vertices)
+        log.info(f"instances: {len(entries)} with at least {s.panoptic.min_instance_vertices} vertices "
+                 f"({branch.tokens.n} tokens): " + ", ".join(f"{e['class']}#{e['id']}" for e in entries))
     return path

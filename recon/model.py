@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fields.hashgrid import HashGridConfig, estimate_hash_grid_bytes, resolution_for_cell_size
-from fields.networks import ColorHead, SDFField, SemanticField
+from fields.networks import ColorHead, InstanceKeyField, SDFField, SemanticField
 from recon.data.scene import Scene
 from recon.schema import FitSettings, GridSettings
 
@@ -23,10 +23,11 @@ def grid_config(g: GridSettings, extent_m: float) -> HashGridConfig:
                           finest_resolution=finest, backend=g.backend)
 
 
-def estimate_model_bytes(s: FitSettings, n_classes: int) -> int:
+def estimate_model_bytes(s: FitSettings, n_classes: int, with_instance: bool = True) -> int:
     """Parameters + gradients + Adam state of the hash grids (the MLPs are negligible)."""
     dummy = 10.0  # the table sizes do not depend on the resolution
-    return sum(estimate_hash_grid_bytes(grid_config(g, dummy)) for g in (s.model.sdf_grid, s.model.semantic_grid))
+    grids = [s.model.sdf_grid, s.model.semantic_grid] + ([s.model.instance_grid] if with_instance else [])
+    return sum(estimate_hash_grid_bytes(grid_config(g, dummy)) for g in grids)
 
 
 def scene_box(scene: Scene, indices: list[int], margin_m: float, max_points_per_frame: int = 4000,
@@ -44,15 +45,19 @@ def scene_box(scene: Scene, indices: list[int], margin_m: float, max_points_per_
         pc = dirs[valid] * d[valid, None]                                        # [M, 3] camera frame
         pts.append(pc @ scene.c2w[i, :3, :3].T + scene.c2w[i, :3, 3])
     allp = np.concatenate(pts)
-    lo = np.percentile(allp, 0.1, axis=0) - margin_m
-    hi = np.percentile(allp, 99.9, axis=0) + margin_m
+    cams = scene.c2w[indices, :3, 3]                                             # [F, 3]
+    # the cameras are always inside: ray samples between a camera and the surface must not be clamped
+    # onto the box boundary (scenes without a ceiling have cameras above the highest surface)
+    lo = np.minimum(np.percentile(allp, 0.1, axis=0), cams.min(0)) - margin_m
+    hi = np.maximum(np.percentile(allp, 99.9, axis=0), cams.max(0)) + margin_m
     return {"min": lo.tolist(), "max": hi.tolist()}
 
 
 class SceneModel(nn.Module):
-    """SDF + semantic fields and the interim colour head over an axis-aligned world box."""
+    """SDF + semantic (+ instance key) fields and the interim colour head over an axis-aligned world box."""
 
-    def __init__(self, s: FitSettings, box_min: np.ndarray, box_max: np.ndarray, n_classes: int):
+    def __init__(self, s: FitSettings, box_min: np.ndarray, box_max: np.ndarray, n_classes: int,
+                 with_instance: bool = False):
         super().__init__()
         box_min = np.asarray(box_min, np.float64)
         box_max = np.asarray(box_max, np.float64)
@@ -73,6 +78,10 @@ class SceneModel(nn.Module):
                                             hidden=m.semantic_hidden)
         self.color_head = ColorHead(m.geo_feat_dim, hidden=m.color_hidden)
         self.n_classes = n_classes
+        # instance keys f_k (Sec. 2): a separate grid, no classifier; the tokens attend to it
+        self.instance_field = (InstanceKeyField(grid_config(m.instance_grid, float(extent.max())),
+                                                feat_dim=s.tokens.feat_dim, hidden=m.instance_hidden)
+                               if with_instance else None)
 
     def box_dict(self) -> dict:
         return {"min": self.box_min_np.tolist(), "max": self.box_max_np.tolist()}
@@ -93,6 +102,11 @@ class SceneModel(nn.Module):
 
     def semantic_logits(self, x_world: Tensor) -> Tensor:
         return self.semantic_field(self.to01(x_world))
+
+    def instance_keys(self, x_world: Tensor) -> Tensor:
+        """f_k [N, d] at world points [N, 3]."""
+        assert self.instance_field is not None, "this model has no instance branch"
+        return self.instance_field(self.to01(x_world))
 
     def color(self, geo: Tensor) -> Tensor:
         return self.color_head(geo)

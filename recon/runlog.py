@@ -88,10 +88,28 @@ class RunLog:
         if self._csv_fields is None:
             self._csv_fields = list(row)
             csv.writer(self._csv).writerow(self._csv_fields)
+        elif any(k not in self._csv_fields for k in row):
+            self._widen_csv([k for k in row if k not in self._csv_fields])
         csv.writer(self._csv).writerow([f"{row.get(k, float('nan')):.6g}" for k in self._csv_fields])
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
+
+    def _widen_csv(self, new_fields: list[str]) -> None:
+        """Later training stages log new terms: rewrite the CSV with the wider header (temp file, rename);
+        earlier rows get empty cells for the new columns."""
+        self._csv.close()
+        with open(self.csv_path, newline="") as fh:
+            rows = list(csv.reader(fh))[1:]
+        self._csv_fields = list(self._csv_fields) + new_fields
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(self._csv_fields)
+            for r in rows:
+                w.writerow(r + [""] * (len(self._csv_fields) - len(r)))
+        tmp.replace(self.csv_path)
+        self._csv = open(self.csv_path, "a", newline="", buffering=1)
 
     def close(self) -> None:
         self.text.close()

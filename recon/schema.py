@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokens.adjust import AdjustConfig
+
 
 @dataclass
 class SynthSettings:
@@ -43,6 +45,9 @@ class ModelSettings:
     semantic_grid: GridSettings = field(default_factory=lambda: GridSettings(
         n_levels=12, log2_hashmap_size=17, finest_cell_m=0.04))
     semantic_hidden: int = 64
+    instance_grid: GridSettings = field(default_factory=lambda: GridSettings(
+        n_levels=12, log2_hashmap_size=17, finest_cell_m=0.04))
+    instance_hidden: int = 64
     color_hidden: int = 64
     box_margin_m: float = 0.2            # scene box = back-projected depth bounds + this margin
 
@@ -69,6 +74,9 @@ class LossSettings:
     w_rgb: float = 1.0
     w_sem: float = 0.1
     eik_fraction: float = 0.25           # share of samples on which the eikonal term is evaluated
+    w_ins: float = 1.0                   # L_ins (Eq. 30): dice + BCE of the matched rendered token masks
+    w_cls: float = 0.1                   # L_c (Eq. 31): token class head vs. the class of its matched mask
+    w_pan: float = 0.5                   # L_pan (Eq. 33): rendered panoptic head vs. panoptic targets
 
 
 @dataclass
@@ -80,6 +88,8 @@ class TrainSettings:
     lr_mlp: float = 2e-3
     lr_final_factor: float = 0.1         # exponential decay to lr * this at the last iteration
     geometry_only_iters: int = 200       # stage 1 (Sec. V-D): depth + sdf + eikonal + rgb only
+    pan_start_iters: int = 600           # stage 3: L_pan joins from this iteration (needs panoptic.head)
+    dice_off_iters: int = 1400           # stage 4: L_ins keeps only its BCE term from here (0 = never)
     detach_semantic_weights: bool = True # semantic loss does not move the geometry
     checkpoint_every: int = 500
     log_every: int = 20
@@ -93,6 +103,33 @@ class MeshSettings:
     chunk_voxels: int = 64
     cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
     label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
+
+
+@dataclass
+class TokenSettings:
+    """The instance branch: Gaussian-modulated query tokens (METHOD.md sections 4, 5, 7)."""
+    enabled: bool = True                 # off, or a scene without thing masks: no instance branch
+    n_init: int = 0                      # initial tokens; 0 = auto (enough for every 3D mask cluster, >= 2x the
+                                         # largest number of thing masks in one frame), capped at adjust_rules.max_tokens
+    feat_dim: int = 16                   # instance feature / key dimension d
+    class_dim: int = 16                  # class feature dimension of F_i
+    init_scale_m: float = 0.0            # initial isotropic Gaussian scale; 0 = median half-size of the 3D masks
+    init_frames: int = 40                # training frames whose masks seed the tokens (evenly spaced)
+    min_mask_pixels: int = 4             # sampled pixels a 2D mask needs in a step to enter the assignment
+    spatial_prior: bool = True           # ablation switch: off = G = 1 (feature similarity only)
+    adjust: bool = True                  # ablation switch: off = a fixed token set
+    temperature: float = 1.0             # S = sigmoid(f_q . f_k / temperature)
+    lr_means: float = 2e-3               # Adam learning rates of the token parameters
+    lr_shape: float = 5e-3               # quaternions and log-scales
+    lr_features: float = 1e-2            # instance and class features
+    adjust_points: int = 4096            # surface points (back-projected depth) for the duplicate rule
+    adjust_rules: AdjustConfig = field(default_factory=AdjustConfig)  # thresholds of the adjustment (Sec. 7)
+
+
+@dataclass
+class PanopticSettings:
+    head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
+    min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
 
 
 @dataclass
@@ -110,4 +147,6 @@ class FitSettings:
     render: RenderSettings = field(default_factory=RenderSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    panoptic: PanopticSettings = field(default_factory=PanopticSettings)
     mesh: MeshSettings = field(default_factory=MeshSettings)

@@ -5,6 +5,7 @@ checkpoints/ckpt_<iteration>.pt (+ last.pt), timing.json and, at the end, mesh.p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -18,12 +19,16 @@ from tqdm import tqdm
 
 from recon.config import ConfigError, atomic_write_text, load_config, save_config, to_dict
 from recon.data.scene import Scene, load_scene
+from recon.instance import InstanceBranch, assignment_losses, init_tokens_from_bank, surface_points
 from recon.losses import depth_loss, eikonal_loss, rgb_loss, sdf_loss, semantic_loss
+from recon.panoptic import panoptic_loss, panoptic_probs
 from recon.model import SceneModel, estimate_model_bytes, scene_box
 from recon.render import accumulated_opacity, render, render_depth, sdf_to_alpha, transmittance_weights
 from recon.runlog import RunLog, available_memory_bytes, check_run_folder, peak_rss_mb
 from recon.sampling import FrameBank, RayBatch, bank_bytes, build_frame_bank, sample_along_rays, sample_rays
 from recon.schema import FitSettings
+from tokens.adjust import TokenAdjustStrategy, make_strategy
+from tokens.tokens import InstanceTokens
 
 
 # ----------------------------------------------------------------------------- one step
@@ -32,10 +37,13 @@ SEM_MIN_WEIGHT = 1e-3  # samples with a smaller rendering weight are skipped by 
 
 def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettings, *, with_grad: bool,
                 with_semantic: bool, eik_fraction: float = 0.0, gen: torch.Generator | None = None,
-                detach_sem_weights: bool = True) -> dict[str, torch.Tensor]:
+                detach_sem_weights: bool = True, branch: InstanceBranch | None = None,
+                with_panoptic: bool = False) -> dict[str, torch.Tensor]:
     """Query the fields at the samples `z` [R, S] of `rays` and volume-render them.
 
-    Returns depth [R], rgb [R, 3], acc [R], sdf [R, S], optionally sem_probs [R, C] and the
+    Returns depth [R], rgb [R, 3], acc [R], sdf [R, S], weights [R, S], optionally sem_probs
+    [R, C], the rendered token masks token_masks [R, N] (with `branch`), the rendered panoptic
+    distribution pan_probs [R, C_stuff + N] (with_panoptic, Eq. 18 per point then Eq. 10) and the
     SDF gradient [M, 3] at a random `eik_fraction` of the samples (for the eikonal term).
     """
     R, S = z.shape
@@ -57,19 +65,31 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
     out["depth"] = render_depth(w, z)
     out["acc"] = accumulated_opacity(w)
     out["rgb"] = render(w, rgb_pts)
-    if with_semantic:
-        w_sem = w.detach() if detach_sem_weights else w
+    with_panoptic = with_panoptic and branch is not None and with_semantic
+    if with_semantic or branch is not None:
+        w_lab = w.detach() if detach_sem_weights else w
         if detach_sem_weights:
-            # only samples that carry weight contribute to the rendered distribution: query the
-            # semantic field there alone (a few samples per ray instead of all S)
-            keep = (w_sem > SEM_MIN_WEIGHT).reshape(-1)                              # [R*S]
-            probs = torch.zeros(R * S, model.n_classes)
-            if keep.any():
-                probs[keep] = torch.softmax(model.semantic_logits(flat[keep]), -1)
-            probs = probs.reshape(R, S, -1)                                          # [R, S, C]
+            # only samples that carry weight contribute to the rendered distributions: query the
+            # semantic and instance fields there alone (a few samples per ray instead of all S)
+            keep = torch.nonzero((w_lab > SEM_MIN_WEIGHT).reshape(-1)).reshape(-1)  # [M]
         else:
-            probs = torch.softmax(model.semantic_logits(flat), -1).reshape(R, S, -1)
-        out["sem_probs"] = render(w_sem, probs)
+            keep = torch.arange(R * S)
+        pts_k = flat[keep]                                                          # [M, 3]
+
+        def scatter(vals: torch.Tensor) -> torch.Tensor:                            # [M, K] -> [R, S, K]
+            full = vals.new_zeros(R * S, vals.shape[1])
+            full[keep] = vals
+            return full.reshape(R, S, -1)
+
+        probs_k = torch.softmax(model.semantic_logits(pts_k), -1) if with_semantic else None   # [M, C]
+        if with_semantic:
+            out["sem_probs"] = render(w_lab, scatter(probs_k))                      # [R, C]
+        if branch is not None:
+            A_k = branch.probs(model.instance_keys(pts_k), pts_k)                   # [M, N]
+            out["token_masks"] = render(w_lab, scatter(A_k))                        # [R, N]
+            if with_panoptic:
+                lp_k = panoptic_probs(probs_k, A_k, branch.thing_mask)              # [M, C_stuff + N]
+                out["pan_probs"] = render(w_lab, scatter(lp_k))                     # [R, C_stuff + N]
     return out
 
 
@@ -77,16 +97,28 @@ def far_plane(bank: FrameBank, s: FitSettings) -> float:
     return s.render.far_m if s.render.far_m > 0 else float(bank.depth_ray_m.max()) + s.model.box_margin_m
 
 
+@dataclass
+class InstanceState:
+    """What the trainer keeps for the instance branch: the branch, its token optimiser, the strategy."""
+    branch: InstanceBranch
+    opt: torch.optim.Optimizer          # Adam over the token parameters (resized by the strategy)
+    strategy: TokenAdjustStrategy
+
+
 def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s: FitSettings, it: int,
-               gen: torch.Generator, far: float) -> dict[str, float]:
-    """One optimisation step; returns the loss terms as floats."""
+               gen: torch.Generator, far: float, inst: InstanceState | None = None) -> dict[str, float]:
+    """One optimisation step; returns the loss terms (and assignment statistics) as floats."""
     t, ls = s.train, s.loss
     rays = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen)
     z = sample_along_rays(rays.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
                           s.render.band_m, gen)
-    semantic_on = it >= t.geometry_only_iters and rays.semantic is not None and ls.w_sem > 0
-    out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on, eik_fraction=ls.eik_fraction,
-                      gen=gen, detach_sem_weights=t.detach_semantic_weights)
+    labels_on = it >= t.geometry_only_iters and rays.semantic is not None
+    semantic_on = labels_on and ls.w_sem > 0
+    inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
+    pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0
+    out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on or pan_on,
+                      eik_fraction=ls.eik_fraction, gen=gen, detach_sem_weights=t.detach_semantic_weights,
+                      branch=inst.branch if inst_on else None, with_panoptic=pan_on)
     valid = rays.depth > 0
     l_trunc, l_free = sdf_loss(out["sdf"], z, rays.depth, ls.trunc_m, ls.beta, valid)
     terms = {
@@ -97,24 +129,59 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     }
     if semantic_on:
         terms["sem"] = semantic_loss(out["sem_probs"], rays.semantic)
+    stats: dict[str, float] = {}
+    if inst_on:
+        use_dice = t.dice_off_iters <= 0 or it < t.dice_off_iters
+        res = assignment_losses(inst.branch, out["token_masks"], rays, use_dice=use_dice,
+                                min_pixels=s.tokens.min_mask_pixels, strategy=inst.strategy, it=it)
+        terms["ins"], terms["cls"] = res.l_ins, res.l_cls
+        if pan_on:
+            terms["pan"] = panoptic_loss(out["pan_probs"], res.pan_target)
+        stats = {"tokens": float(inst.branch.tokens.n), "masks": float(res.n_masks),
+                 "matched": float(res.n_matched), "match_cost": res.mean_cost}
     weights = {"sdf": ls.w_sdf, "free": ls.w_free, "eik": ls.w_eik, "depth": ls.w_depth, "rgb": ls.w_rgb,
-               "sem": ls.w_sem}
+               "sem": ls.w_sem, "ins": ls.w_ins, "cls": ls.w_cls, "pan": ls.w_pan}
     total = sum(weights[k] * v for k, v in terms.items())
     opt.zero_grad(set_to_none=True)
+    if inst is not None:
+        inst.opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
+    if inst_on:
+        inst.opt.step()
+        if inst.strategy.due(it):
+            pts = surface_points(bank, s.tokens.adjust_points, gen)
+            with torch.no_grad():
+                A = inst.branch.probs(model.instance_keys(pts), pts)               # [M, N]
+            inst.strategy.step(it, inst.branch.tokens, pts, A, optimizer=inst.opt)
     vals = {k: float(v.detach()) for k, v in terms.items()}
     vals["total"] = float(total.detach())
+    vals.update(stats)
     return vals
 
 
 # ----------------------------------------------------------------------------- setup
 
-def make_optimizer(model: SceneModel, s: FitSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: SceneModel, s: FitSettings, branch: InstanceBranch | None = None) -> torch.optim.Optimizer:
+    """Adam over the fields (hash grids; MLPs and the token class head). The per-token parameters,
+    whose count changes, have their own optimiser (make_token_optimizer)."""
+    head = list(branch.class_head.parameters()) if branch is not None else []
     groups = [{"params": model.grid_parameters(), "lr": s.train.lr_grid, "eps": 1e-15},
-              {"params": model.mlp_parameters(), "lr": s.train.lr_mlp, "weight_decay": 1e-6}]
+              {"params": model.mlp_parameters() + head, "lr": s.train.lr_mlp, "weight_decay": 1e-6}]
     # fused=True: one kernel over all tensors; 6x faster than the default on the large hash tables on CPU
     return torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
+
+
+def make_token_optimizer(tokens, s: FitSettings) -> torch.optim.Optimizer:
+    """Adam over the token parameters: means, shape (quaternions, log-scales), features."""
+    t = s.tokens
+    return torch.optim.Adam([{"params": [tokens.means], "lr": t.lr_means},
+                             {"params": [tokens.quats, tokens.log_scales], "lr": t.lr_shape},
+                             {"params": [tokens.features, tokens.class_features], "lr": t.lr_features}],
+                            betas=(0.9, 0.99))
+
+
+TOKEN_LR_KEYS = ("lr_means", "lr_shape", "lr_features")
 
 
 def lr_factor(it: int, s: FitSettings) -> float:
@@ -125,7 +192,8 @@ def lr_factor(it: int, s: FitSettings) -> float:
 def estimate_fit_bytes(scene: Scene, n_train: int, s: FitSettings, n_classes: int) -> int:
     """Rough peak memory of a fit: frames in memory + parameters with Adam state + per-step activations."""
     per_point = (s.model.sdf_grid.n_levels * (8 * 4 * 3 + s.model.sdf_grid.n_features_per_level * 4 * 4)
-                 + s.model.semantic_grid.n_levels * (8 * 4 * 2) + (s.model.sdf_hidden + n_classes) * 4 * 6)
+                 + s.model.semantic_grid.n_levels * (8 * 4 * 2) + (s.model.sdf_hidden + n_classes) * 4 * 6
+                 + s.model.instance_grid.n_levels * (8 * 4 * 2) + s.tokens.adjust_rules.max_tokens * 4 * 8)
     n_points = s.train.rays_per_iter * (s.render.n_stratified + s.render.n_surface)
     eik = 3.0 * s.loss.eik_fraction
     return int(bank_bytes(n_train, scene.width, scene.height) + estimate_model_bytes(s, n_classes)
@@ -158,23 +226,54 @@ def _rng_state(gen: torch.Generator) -> dict:
     return {"torch_gen": gen.get_state(), "torch_global": torch.get_rng_state()}
 
 
-def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Generator, fit_seconds: float) -> Path:
+def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Generator, fit_seconds: float,
+                    inst: InstanceState | None = None) -> Path:
     ckpt_dir = run / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     path = ckpt_dir / f"ckpt_{it:06d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({"iter": it, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gen),
-                "fit_seconds": fit_seconds, "box": model.box_dict()}, tmp)
+    state = {"iter": it, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gen),
+             "fit_seconds": fit_seconds, "box": model.box_dict()}
+    if inst is not None:
+        # the token count changes during training: store the tokens on their own so that a module of
+        # the right size can be built before loading (InstanceTokens.from_state_dict)
+        state["instance"] = {"tokens": inst.branch.tokens.state_dict(),
+                             "class_head": inst.branch.class_head.state_dict(),
+                             "thing_ids": inst.branch.thing_ids, "optimizer": inst.opt.state_dict(),
+                             "strategy": inst.strategy.state_dict()}
+    torch.save(state, tmp)
     tmp.replace(path)
     shutil.copyfile(path, ckpt_dir / "last.pt.tmp")
     (ckpt_dir / "last.pt.tmp").replace(ckpt_dir / "last.pt")
     return path
 
 
-def build_model_for_scene(scene: Scene, s: FitSettings, train_idx: list[int], box: dict | None = None) -> SceneModel:
+def instance_branch_wanted(scene: Scene, s: FitSettings) -> bool:
+    """The instance branch runs when enabled, the scene has masks and at least one thing class."""
+    return bool(s.tokens.enabled and scene.has_masks and scene.thing_ids())
+
+
+def build_model_for_scene(scene: Scene, s: FitSettings, train_idx: list[int], box: dict | None = None,
+                          with_instance: bool | None = None) -> SceneModel:
     if box is None:
         box = scene_box(scene, train_idx, s.model.box_margin_m)
-    return SceneModel(s, np.asarray(box["min"]), np.asarray(box["max"]), n_classes=scene.n_classes)
+    if with_instance is None:
+        with_instance = instance_branch_wanted(scene, s)
+    return SceneModel(s, np.asarray(box["min"]), np.asarray(box["max"]), n_classes=scene.n_classes,
+                      with_instance=with_instance)
+
+
+def restore_branch(state: dict, scene: Scene, s: FitSettings) -> InstanceBranch:
+    """The instance branch of a checkpoint's "instance" entry (tokens sized from the state)."""
+    tokens = InstanceTokens.from_state_dict(state["tokens"])
+    branch = InstanceBranch(tokens, list(state["thing_ids"]), scene.n_classes, s.tokens)
+    branch.class_head.load_state_dict(state["class_head"])
+    return branch
+
+
+def make_instance_state(branch: InstanceBranch, s: FitSettings, log) -> InstanceState:
+    rules = dataclasses.replace(s.tokens.adjust_rules, enabled=s.tokens.adjust and s.tokens.adjust_rules.enabled)
+    return InstanceState(branch, make_token_optimizer(branch.tokens, s), make_strategy(rules, log=log))
 
 
 def train_indices(scene: Scene, s: FitSettings) -> list[int]:
@@ -221,10 +320,20 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
             raise FileExistsError(f"{run} has no checkpoint to resume from ({last} missing)")
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         box = ckpt["box"]
-    model = build_model_for_scene(scene, s, train_idx, box)
-    opt = make_optimizer(model, s)
+    with_inst = instance_branch_wanted(scene, s)
+    if s.tokens.enabled and scene.has_masks and not with_inst:
+        log.info(f"{scene.root} has no thing classes: instance branch off")
+    model = build_model_for_scene(scene, s, train_idx, box, with_instance=with_inst)
+    bank = build_frame_bank(scene, train_idx, with_masks=True)
+    far = far_plane(bank, s)
+    inst: InstanceState | None = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if with_inst:
+            inst = make_instance_state(restore_branch(ckpt["instance"], scene, s), s, log.info)
+            inst.opt.load_state_dict(ckpt["instance"]["optimizer"])
+            inst.strategy.load_state_dict(ckpt["instance"]["strategy"])
+        opt = make_optimizer(model, s, inst.branch if inst else None)
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["torch_gen"])
         torch.set_rng_state(ckpt["rng"]["torch_global"])
@@ -232,8 +341,11 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
         log.info(f"resuming {run} at iteration {start_it}")
     else:
         log.info(f"fitting {scene.root} ({len(train_idx)} training frames of {len(scene)}) into {run}")
-    bank = build_frame_bank(scene, train_idx, with_masks=True)
-    far = far_plane(bank, s)
+        if with_inst:
+            tokens = init_tokens_from_bank(bank, scene.thing_ids(), s.tokens, gen, log=log.info)
+            inst = make_instance_state(InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens), s,
+                                       log.info)
+        opt = make_optimizer(model, s, inst.branch if inst else None)
 
     t0 = time.perf_counter()
     end = s.train.iters if stop_at is None else min(stop_at, s.train.iters)
@@ -245,7 +357,10 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
         for it in range(start_it, end):
             for g, base in zip(opt.param_groups, (s.train.lr_grid, s.train.lr_mlp)):
                 g["lr"] = base * lr_factor(it, s)
-            vals = train_step(model, opt, bank, s, it, gen, far)
+            if inst is not None:
+                for g, key in zip(inst.opt.param_groups, TOKEN_LR_KEYS):
+                    g["lr"] = getattr(s.tokens, key) * lr_factor(it, s)
+            vals = train_step(model, opt, bank, s, it, gen, far, inst)
             if not math.isfinite(vals["total"]):
                 raise FloatingPointError(f"loss became {vals['total']} at iteration {it}; see {run / 'log.txt'}")
             done = it + 1
@@ -253,19 +368,20 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
                 log.scalars(done, {**{f"loss/{k}": v for k, v in vals.items()},
                                    "time/seconds": fit_seconds + time.perf_counter() - t0,
                                    "lr/grid": opt.param_groups[0]["lr"]})
-                bar.set_postfix({k: f"{v:.3g}" for k, v in vals.items() if k in ("total", "sdf", "depth", "rgb", "sem")})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in vals.items()
+                                 if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens")})
             bar.update(1)
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
-                save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0)
+                save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst)
     except KeyboardInterrupt:
         bar.close()
-        save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0)
+        save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst)
         log.info(f"interrupted after iteration {done}: checkpoint saved; continue with 'fit --resume'")
         log.close()
         raise
     bar.close()
     fit_seconds += time.perf_counter() - t0
-    save_checkpoint(run, done, model, opt, gen, fit_seconds)
+    save_checkpoint(run, done, model, opt, gen, fit_seconds, inst)
     log.info(f"trained {done} iterations in {fit_seconds:.1f} s"
              + (" (last losses: " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items()) + ")" if vals else ""))
     if done < s.train.iters:
@@ -276,8 +392,14 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
 
     from recon.export_mesh import export_run_mesh
     t_mesh = time.perf_counter()
-    mesh_path = export_run_mesh(run, model, scene, bank, s, log)
+    branch = inst.branch if inst is not None else None
+    mesh_path = export_run_mesh(run, model, scene, bank, s, log, branch=branch)
     mesh_seconds = time.perf_counter() - t_mesh
+    if scene.has_masks:
+        from recon.labels import write_run_labels
+        t_lab = time.perf_counter()
+        write_run_labels(run, model, branch, scene, s, log=log.info, progress=progress)
+        log.info(f"label images of all {len(scene)} frames in {time.perf_counter() - t_lab:.1f} s")
     timing = {"fit_seconds": round(fit_seconds, 2), "mesh_seconds": round(mesh_seconds, 2),
               "iterations": iters_done, "peak_rss_mb": round(peak_rss_mb(), 1),
               "threads": torch.get_num_threads()}
@@ -289,6 +411,12 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
 
 def load_run(run: Path) -> tuple[FitSettings, SceneModel, Scene]:
     """Settings, trained model (last checkpoint) and scene of a run folder."""
+    s, model, _, scene = load_run_full(run)
+    return s, model, scene
+
+
+def load_run_full(run: Path) -> tuple[FitSettings, SceneModel, InstanceBranch | None, Scene]:
+    """Settings, trained model, instance branch (None without one) and scene of a run folder."""
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     s = load_config(FitSettings, run / "config.yaml")
@@ -298,10 +426,11 @@ def load_run(run: Path) -> tuple[FitSettings, SceneModel, Scene]:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{run} has no checkpoint ({ckpt_path})")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = build_model_for_scene(scene, s, train_indices(scene, s), ckpt["box"])
+    model = build_model_for_scene(scene, s, train_indices(scene, s), ckpt["box"], with_instance="instance" in ckpt)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    return s, model, scene
+    branch = restore_branch(ckpt["instance"], scene, s).eval() if "instance" in ckpt else None
+    return s, model, branch, scene
 
 
 # ----------------------------------------------------------------------------- commands

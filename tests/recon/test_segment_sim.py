@@ -11,6 +11,8 @@ from recon.schema import SynthSettings
 class Args:
     def __init__(self, scene, noise="clean", force=True, backend="sim"):
         self.scene, self.noise, self.seed, self.force, self.backend = scene, noise, 3, force, backend
+        self.prompts = self.dino_config = self.dino_checkpoint = self.sam_checkpoint = None
+        self.sam_type = "vit_h"
 
 
 def test_segment_sim_rewrites_masks(tmp_path):
@@ -26,5 +28,5 @@ def test_segment_sim_rewrites_masks(tmp_path):
         np.testing.assert_array_equal(sem, gt_sem)               # clean: semantic exact
         np.testing.assert_array_equal(inst > 0, gt_inst > 0)     # same instance support, ids shuffled
         assert set(np.unique(inst[inst > 0]).tolist()) == set(scores)
-    with pytest.raises(UserError, match="Grounded-SAM backend is not available"):
+    with pytest.raises(UserError, match="needs --prompts"):
         cmd_segment(Args(scene_dir, backend="grounded-sam"))

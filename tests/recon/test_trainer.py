@@ -14,7 +14,9 @@ from recon.trainer import MemoryError_, fit
 TINY = [
     "model.sdf_grid.n_levels=6", "model.sdf_grid.log2_hashmap_size=12", "model.sdf_grid.finest_cell_m=0.1",
     "model.semantic_grid.n_levels=4", "model.semantic_grid.log2_hashmap_size=10", "model.semantic_grid.finest_cell_m=0.2",
-    "model.sdf_hidden=16", "model.semantic_hidden=16", "model.color_hidden=16",
+    "model.instance_grid.n_levels=4", "model.instance_grid.log2_hashmap_size=10",
+    "model.instance_grid.finest_cell_m=0.2", "tokens.feat_dim=8", "tokens.class_dim=8",
+    "model.sdf_hidden=16", "model.semantic_hidden=16", "model.instance_hidden=16", "model.color_hidden=16",
     "render.n_stratified=4", "render.n_surface=6", "train.rays_per_iter=128", "train.geometry_only_iters=4",
     "train.log_every=2", "mesh.voxel_size_m=0.12", "train.threads=1",
 ]
@@ -47,16 +49,26 @@ def test_fit_writes_run_folder(tiny_scene, tmp_path):
 
 
 def test_resume_continues_with_identical_state(tiny_scene, tmp_path):
-    straight = fit(tiny_scene, tmp_path / "a", _settings("train.iters=6"), progress=False)
-    stopped = fit(tiny_scene, tmp_path / "b", _settings("train.iters=6"), progress=False, stop_at=3)
-    assert stopped.iterations == 3 and stopped.mesh_path is None
-    fit(tiny_scene, tmp_path / "b", _settings("train.iters=6"), resume=True, progress=False)
+    # all stages run and a token-adjustment check changes the token count before the stop
+    cfg = ("train.iters=12", "train.pan_start_iters=6", "train.dice_off_iters=9",
+           "tokens.adjust_rules.every_iters=2", "tokens.adjust_rules.window_iters=2")
+    straight = fit(tiny_scene, tmp_path / "a", _settings(*cfg), progress=False)
+    stopped = fit(tiny_scene, tmp_path / "b", _settings(*cfg), progress=False, stop_at=7)
+    assert stopped.iterations == 7 and stopped.mesh_path is None
+    mid = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
+    fit(tiny_scene, tmp_path / "b", _settings(*cfg), resume=True, progress=False)
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
-    assert a["iter"] == b["iter"] == straight.iterations == 6
+    assert a["iter"] == b["iter"] == straight.iterations == 12
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
-    assert "resuming" in (tmp_path / "b" / "log.txt").read_text()
+    n_start = int(mid["instance"]["strategy"]["n"]) if mid["instance"]["strategy"]["n"] is not None else None
+    for k in a["instance"]["tokens"]:
+        torch.testing.assert_close(a["instance"]["tokens"][k], b["instance"]["tokens"][k], rtol=0, atol=1e-6, msg=k)
+    assert a["instance"]["strategy"] == b["instance"]["strategy"]
+    assert n_start is not None, "the instance stage ran before the stop"
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert "resuming" in log and "tokens:" in log
 
 
 def test_refusals_before_any_work(tiny_scene, tmp_path):

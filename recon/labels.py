@@ -1,0 +1,158 @@
+"""Panoptic labels of a trained run: at 3D points (mesh vertices) and in rendered images.
+
+Inference (METHOD.md Fig. 5): with the panoptic head, label = argmax of l_P; a stuff column
+gives that stuff class and no instance, token column i gives instance i with class
+argmax l_SI(Q_i), so semantic and instance labels agree by construction. With the head
+switched off (ablation `panoptic.head=false`, the Panoptic Lifting formulation) the class
+is the argmax of the semantic field and thing pixels/points take the argmax token.
+
+Instance ids: tokens are numbered into scene-consistent ids 1..K once, when the mesh is
+labelled (tokens that own mesh vertices first, in token order, then the rest), and the map is
+stored in RUN/instances.json ("token_ids"); the label images use the same map, so an id means
+the same object in the mesh, in instances/ and in every image.
+
+Label images: RUN/labels/semantic/<frame>.png and RUN/labels/instance/<frame>.png (uint16,
+0 = unlabelled / no instance) for every frame of the scene, training and held-out.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from recon.config import atomic_write_bytes
+from recon.instance import InstanceBranch
+from recon.panoptic import panoptic_probs
+from recon.sampling import build_frame_bank, rays_for_pixels, sample_along_rays
+
+MIN_ACC = 0.5  # pixels whose rendered opacity is below this are left unlabelled
+
+
+def labels_from_distributions(branch: InstanceBranch | None, head: bool, sem_probs: torch.Tensor | None,
+                              token_probs: torch.Tensor | None = None, pan_probs: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class id [M] long, token index [M] long, -1 = no instance) from per-point or rendered
+    distributions: sem_probs [M, C], token_probs [M, N] (A or rendered token masks), pan_probs
+    [M, C_stuff + N] (l_P or its rendering; used with the head)."""
+    if branch is None:
+        assert sem_probs is not None
+        return sem_probs.argmax(-1), torch.full(sem_probs.shape[:1], -1, dtype=torch.long)
+    if head:
+        assert pan_probs is not None and pan_probs.shape[-1] == branch.n_stuff + branch.tokens.n
+        k = pan_probs.argmax(-1)                                                   # [M]
+        tok_cls, _ = branch.token_classes()                                        # [N]
+        column_class = torch.cat([branch.stuff_ids, tok_cls])                      # [C_stuff + N]
+        token = torch.where(k >= branch.n_stuff, k - branch.n_stuff, torch.full_like(k, -1))
+        return column_class[k], token
+    assert sem_probs is not None and token_probs is not None
+    sem = sem_probs.argmax(-1)
+    is_thing = branch.thing_mask[sem]
+    token = torch.where(is_thing, token_probs.argmax(-1), torch.full_like(sem, -1))
+    return sem, token
+
+
+@torch.no_grad()
+def point_labels(model, branch: InstanceBranch | None, head: bool, x_world: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(class id [M], token [M] (-1 none), confidence [M]) at world points [M, 3]."""
+    assert x_world.ndim == 2 and x_world.shape[1] == 3
+    sem_probs = torch.softmax(model.semantic_logits(x_world), -1)                  # [M, C]
+    if branch is None:
+        sem, tok = labels_from_distributions(None, head, sem_probs)
+        return sem, tok, sem_probs.max(-1).values
+    A = branch.probs(model.instance_keys(x_world), x_world)                        # [M, N]
+    pan = panoptic_probs(sem_probs, A, branch.thing_mask) if head else None
+    sem, tok = labels_from_distributions(branch, head, sem_probs, A, pan)
+    conf = pan.max(-1).values if pan is not None else sem_probs.max(-1).values
+    return sem, tok, conf
+
+
+def token_id_map(n_tokens: int, vertex_tokens: np.ndarray) -> np.ndarray:
+    """Scene-consistent instance id of every token [N] (1..N): tokens owning mesh vertices first
+    (in token order), then the others."""
+    owning = sorted(set(int(t) for t in np.unique(vertex_tokens) if t >= 0))
+    rest = [t for t in range(n_tokens) if t not in set(owning)]
+    ids = np.zeros(n_tokens, np.int64)
+    for k, t in enumerate(owning + rest):
+        ids[t] = k + 1
+    return ids
+
+
+def apply_ids(token: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    """Instance ids [...] from token indices [...] (-1 -> 0)."""
+    out = np.zeros(token.shape, np.int64)
+    has = token >= 0
+    out[has] = token_ids[token[has]]
+    return out
+
+
+@torch.no_grad()
+def render_frame_labels(model, branch: InstanceBranch | None, head: bool, bank, row: int, s, far: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(semantic [H, W] class ids, token [H, W], -1 = none) rendered for bank row `row`."""
+    from recon.trainer import render_rays
+    H, W = bank.height, bank.width
+    sems, toks = [], []
+    for start in range(0, H * W, s.render.chunk_rays):
+        pix = torch.arange(start, min(start + s.render.chunk_rays, H * W))
+        rays = rays_for_pixels(bank, torch.full_like(pix, row), pix)
+        # rays with observed depth: the near-surface band alone (the fields are only queried where the
+        # surface is; free space in front of it has ~zero weight after training); others: stratified
+        z = sample_along_rays(rays.depth, s.render.near_m, far, 0, s.render.n_surface,
+                              s.render.band_m, gen=None)
+        out = render_rays(model, rays, z, s, with_grad=False, with_semantic=True, branch=branch,
+                          with_panoptic=head and branch is not None)
+        sem, tok = labels_from_distributions(branch, head, out["sem_probs"], out.get("token_masks"),
+                                             out.get("pan_probs"))
+        empty = out["acc"] < MIN_ACC
+        sem[empty] = 0
+        tok[empty] = -1
+        sems.append(sem)
+        toks.append(tok)
+    return (torch.cat(sems).reshape(H, W).numpy().astype(np.int64),
+            torch.cat(toks).reshape(H, W).numpy().astype(np.int64))
+
+
+def png16_bytes(img: np.ndarray) -> bytes:
+    """Lossless uint16 PNG of a label image [H, W] (values must fit 0..65535)."""
+    assert img.ndim == 2 and img.min(initial=0) >= 0 and img.max(initial=0) < 65536, "labels must fit uint16"
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_token_ids(run: Path, n_tokens: int) -> np.ndarray:
+    """The token -> instance id map stored with the mesh (identity + 1 when absent)."""
+    p = Path(run) / "instances.json"
+    if p.is_file():
+        ids = json.loads(p.read_text()).get("token_ids")
+        if ids is not None and len(ids) == n_tokens:
+            return np.asarray(ids, np.int64)
+    return np.arange(1, n_tokens + 1, dtype=np.int64)
+
+
+def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, frames: list[int] | None = None,
+                     log=print, progress: bool = True) -> Path:
+    """Render and write RUN/labels/{semantic,instance}/<frame>.png for `frames` (default: every frame)."""
+    from recon.trainer import far_plane
+    run = Path(run)
+    idx = list(range(len(scene))) if frames is None else list(frames)
+    head = bool(s.panoptic.head)
+    token_ids = read_token_ids(run, branch.tokens.n) if branch is not None else np.zeros(0, np.int64)
+    out = run / "labels"
+    for sub in ("semantic", "instance"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    model.eval()
+    for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):
+        bank = build_frame_bank(scene, [i], with_masks=False)
+        sem, tok = render_frame_labels(model, branch, head, bank, 0, s, far_plane(bank, s))
+        fid = scene.frame_ids[i]
+        atomic_write_bytes(out / "semantic" / f"{fid}.png", png16_bytes(sem))
+        atomic_write_bytes(out / "instance" / f"{fid}.png", png16_bytes(apply_ids(tok, token_ids)))
+    log(f"wrote label images of {len(idx)} frames to {out}")
+    return out
