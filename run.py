@@ -120,8 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")
-    b.add_argument("--suite", default="quick")
-    b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.add_argument("--suite", default="quick", help="quick | standard | ablation (eval/bench.py SUITES)")
+    b.add_argument("--out", type=Path, default=None, help="bench folder (default runs/bench/SUITE)")
+    b.add_argument("--force", action="store_true", help="recompute cells that are done")
+    b.add_argument("--only", default=None, metavar="PATTERN",
+                   help="run only cells whose id matches (glob, comma separated), e.g. 'room-*__ours'")
+    b.add_argument("--report-only", action="store_true",
+                   help="compute nothing: rebuild results.json and report.md from the cells in --out")
+    b.add_argument("--publish", action="store_true",
+                   help="also write BENCHMARKS.md and docs/bench/ (plots, results.json) in the repository")
 
     d = sub.add_parser("demo", help="the default job: synth room -> fit -> eval (needs no download)",
                        description="Generate the synthetic 'room' scene, reconstruct it, evaluate it and export it.")

@@ -146,6 +146,47 @@ def panoptic_2d_metrics(run: Path, scene: Scene) -> dict:
     return out
 
 
+def depth_errors(pred_m: np.ndarray, gt_m: np.ndarray, mask: np.ndarray, within_m: float = 0.05) -> dict:
+    """Depth metrics over the pixels `mask` with valid ground truth (gt > 0): AbsRel = mean |p - g| / g
+    over those where the prediction exists (p > 0); within = share of ALL such pixels with |p - g| <
+    within_m (a missing prediction counts as wrong); coverage = share with a prediction."""
+    assert pred_m.shape == gt_m.shape == mask.shape
+    sel = mask & (gt_m > 0)
+    n = int(sel.sum())
+    if n == 0:
+        return {"absrel": float("nan"), "within_5cm": float("nan"), "coverage": 0.0, "n_pixels": 0}
+    p, g = pred_m[sel], gt_m[sel]
+    has = p > 0
+    err = np.abs(p - g)
+    return {"absrel": float(np.mean(err[has] / g[has])) if has.any() else float("nan"),
+            "within_5cm": float(np.mean(has & (err < within_m))), "coverage": float(np.mean(has)), "n_pixels": n}
+
+
+def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | None = None) -> dict:
+    """Novel-view depth on the held-out frames against the sensor depth, on the pixel grid the run
+    rendered (every `stride`th pixel): the run's RUN/depth_heldout/<frame>.png, or, with `mesh`
+    (vertices, faces), that mesh ray cast from the same poses (the TSDF baseline)."""
+    from PIL import Image
+    from eval.mesh_utils import raycast_depth
+    H, W = scene.height, scene.width
+    grid = np.zeros((H, W), bool)
+    grid[stride // 2::stride, stride // 2::stride] = True
+    preds, gts, masks = [], [], []
+    frames = sorted(p.stem for p in (run / "depth_heldout").glob("*.png"))
+    for fid in frames:
+        i = scene.index(fid)
+        if mesh is None:
+            pred = np.asarray(Image.open(run / "depth_heldout" / f"{fid}.png")).astype(np.float64) / 1000.0
+        else:
+            pred = raycast_depth(mesh[0], mesh[1], scene.K, scene.c2w[i], W, H).astype(np.float64)
+        preds.append(pred)
+        gts.append(scene.load_depth_m(i).astype(np.float64))
+        masks.append(grid)
+    m = depth_errors(np.stack(preds), np.stack(gts), np.stack(masks))
+    return {"absrel": round(m["absrel"], 4), "within_5cm": round(100 * m["within_5cm"], 2),
+            "coverage": round(100 * m["coverage"], 2), "n_frames": len(frames), "pixel_stride": stride}
+
+
 def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print) -> dict:
     run = Path(run)
     mesh_path = run / "mesh.ply"
@@ -165,6 +206,7 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
     pv, pf, _, pprops = read_ply(mesh_path)
     pred = {"vertices": pv, "faces": pf, "props": pprops}
     metrics: dict = {}
+    b = None
     t0 = time.perf_counter()
     if scene.gt_mesh_path is None:
         log(f"{scene.root} has no gt/mesh.ply: geometry and 3D semantic metrics skipped")
@@ -193,6 +235,16 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
             metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),
                                                     "voxel_size_m": voxel, "seconds": round(b["seconds"], 2)}}
+    depth_dir = run / "depth_heldout"
+    if depth_dir.is_dir() and any(depth_dir.glob("*.png")):
+        stride = int(cfg.get("mesh", {}).get("heldout_depth_stride", 4))
+        metrics["depth_heldout"] = heldout_depth_metrics(run, scene, stride)
+        if baseline:
+            if b is None:
+                b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
+            tb = metrics.setdefault("baselines", {}).setdefault(
+                "tsdf_fusion", {"voxel_size_m": voxel, "seconds": round(b["seconds"], 2)})
+            tb["depth_heldout"] = heldout_depth_metrics(run, scene, stride, mesh=(b["vertices"], b["faces"]))
     if not scene.has_gt_images:
         log(f"{scene.root} has no gt/ label images: 2D panoptic, semantic and instance metrics skipped")
     elif not labels_2d:

@@ -105,5 +105,7 @@ def cmd_export(args) -> int:
         raise UserError(str(exc)) from exc
 
 
+@_guard
 def cmd_bench(args) -> int:
-    raise UserError("bench is not available yet (benchmark issue); use 'run.py fit' and 'run.py eval'")
+    from eval.bench import bench_command
+    return bench_command(args)

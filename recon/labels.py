@@ -156,3 +156,75 @@ def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, 
         atomic_write_bytes(out / "instance" / f"{fid}.png", png16_bytes(apply_ids(tok, token_ids)))
     log(f"wrote label images of {len(idx)} frames to {out}")
     return out
+
+
+# ----------------------------------------------------------------------------- novel-view depth
+
+@torch.no_grad()
+def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: float, far_m: float,
+                      n_coarse: int = 96, n_refine: int = 3, chunk: int = 4096) -> torch.Tensor:
+    """Distance [R] along unit rays (origins, dirs [R, 3]) to the first SDF zero crossing from + to -,
+    without any observed depth (novel views): n_coarse uniform samples over [near, far], then
+    regula-falsi refinement inside the bracketing interval. 0 where the ray crosses no surface."""
+    assert origins.shape == dirs.shape and origins.ndim == 2 and origins.shape[1] == 3
+    z = torch.linspace(near_m, far_m, n_coarse)                                    # [S]
+    out = []
+    for a in range(0, origins.shape[0], chunk):
+        o, d = origins[a:a + chunk], dirs[a:a + chunk]
+        R = o.shape[0]
+        pts = o[:, None, :] + d[:, None, :] * z[None, :, None]                     # [R, S, 3]
+        sdf = model.sdf(pts.reshape(-1, 3))[0].reshape(R, n_coarse)
+        cross = (sdf[:, :-1] > 0) & (sdf[:, 1:] <= 0)                              # [R, S-1]
+        hit = cross.any(1)
+        j = torch.argmax(cross.to(torch.int8), dim=1)                              # first crossing
+        lo, hi = z[j], z[(j + 1).clamp(max=n_coarse - 1)]
+        s_lo = sdf.gather(1, j[:, None])[:, 0]
+        s_hi = sdf.gather(1, (j + 1).clamp(max=n_coarse - 1)[:, None])[:, 0]
+        for _ in range(n_refine):
+            t = lo + (hi - lo) * s_lo / (s_lo - s_hi).clamp_min(1e-9)
+            s_t = model.sdf(o + d * t[:, None])[0]
+            pos = s_t > 0
+            lo, s_lo = torch.where(pos, t, lo), torch.where(pos, s_t, s_lo)
+            hi, s_hi = torch.where(pos, hi, t), torch.where(pos, s_hi, s_t)
+        t = lo + (hi - lo) * s_lo / (s_lo - s_hi).clamp_min(1e-9)
+        out.append(torch.where(hit, t, torch.zeros_like(t)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def heldout_frames(scene) -> list[int]:
+    """Scene frames in the eval split that are not training frames (novel views)."""
+    train = set(scene.split_indices("train")) if "train" in scene.splits else set()
+    return [i for i in scene.split_indices("eval") if i not in train] if "eval" in scene.splits else []
+
+
+@torch.no_grad()
+def write_heldout_depth(run: Path, model, scene, s, log=print, progress: bool = True) -> int:
+    """RUN/depth_heldout/<frame>.png: uint16 mm z-depth of the SDF surface seen from every held-out
+    pose, found without the frame's observed depth, on a pixel grid of stride
+    mesh.heldout_depth_stride (full-size image; pixels off the grid are 0 = not evaluated).
+    Returns the number of frames written."""
+    from recon.sampling import camera_dirs
+    idx = heldout_frames(scene)
+    if not idx:
+        return 0
+    stride = max(1, int(s.mesh.heldout_depth_stride))
+    H, W = scene.height, scene.width
+    grid = np.zeros((H, W), bool)
+    grid[stride // 2::stride, stride // 2::stride] = True
+    pix = np.nonzero(grid.reshape(-1))[0]
+    dirs_cam = camera_dirs(scene.K, W, H)[pix]                                      # [P, 3], z = 1
+    scale = np.linalg.norm(dirs_cam, axis=1)
+    far = s.render.far_m if s.render.far_m > 0 else float(np.linalg.norm(model.box_max_np - model.box_min_np))
+    out = Path(run) / "depth_heldout"
+    out.mkdir(exist_ok=True)
+    for i in tqdm(idx, desc="held-out depth", dynamic_ncols=True, disable=not progress, mininterval=1.0):
+        c2w = scene.c2w[i]
+        d_world = torch.from_numpy((dirs_cam / scale[:, None]) @ c2w[:3, :3].T).float()
+        o = torch.from_numpy(np.broadcast_to(c2w[:3, 3], d_world.shape).copy()).float()
+        t = sdf_surface_depth(model, o, d_world, s.render.near_m, far).numpy()     # along-ray m
+        img = np.zeros(H * W, np.float64)
+        img[pix] = t / scale                                                       # z-depth m
+        mm = np.clip(np.round(img * 1000.0), 0, 65535).astype(np.int64).reshape(H, W)
+        atomic_write_bytes(out / f"{scene.frame_ids[i]}.png", png16_bytes(mm))
+    log(f"wrote SDF depth of {len(idx)} held-out frames to {out} (every {stride}th pixel)")
+    return len(idx)

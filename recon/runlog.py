@@ -46,8 +46,8 @@ def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool) -> st
     if resume:
         a = {k: v for k, v in old.items() if k != "train"}
         b = {k: v for k, v in resolved.items() if k != "train"}
-        old_train = {k: v for k, v in old.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every")}
-        new_train = {k: v for k, v in resolved.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every")}
+        old_train = {k: v for k, v in old.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every", "monitor_every")}
+        new_train = {k: v for k, v in resolved.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every", "monitor_every")}
         if a != b or old_train != new_train:
             raise FileExistsError(f"{run} holds a run with different settings; --resume continues only the same run "
                                   f"(only train.iters may change). Compare {cfg_path}.")

@@ -92,6 +92,7 @@ class TrainSettings:
     dice_off_iters: int = 1400           # stage 4: L_ins keeps only its BCE term from here (0 = never)
     detach_semantic_weights: bool = True # semantic loss does not move the geometry
     checkpoint_every: int = 500
+    monitor_every: int = 0               # call fit's monitor hook (metric-vs-time) every N iterations; 0 = never
     log_every: int = 20
     seed: int = 0
     threads: int = 0                     # torch threads; 0 = all cores
@@ -103,6 +104,7 @@ class MeshSettings:
     chunk_voxels: int = 64
     cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
     label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
+    heldout_depth_stride: int = 4        # SDF depth of held-out views (novel-view depth eval) on every Nth pixel
 
 
 @dataclass

@@ -286,9 +286,25 @@ def train_indices(scene: Scene, s: FitSettings) -> list[int]:
     return idx
 
 
+def _frame_label_fn(model: SceneModel, branch: InstanceBranch | None, scene: Scene, s: FitSettings):
+    """frame index -> (semantic [H, W], instance [H, W]) rendered now (instance = token index + 1)."""
+    from recon.labels import render_frame_labels
+
+    def label_fn(i: int) -> tuple[np.ndarray, np.ndarray]:
+        one = build_frame_bank(scene, [i], with_masks=False)
+        sem, tok = render_frame_labels(model, branch, bool(s.panoptic.head), one, 0, s, far_plane(one, s))
+        return sem, np.where(tok >= 0, tok + 1, 0)
+    return label_fn
+
+
 def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, force: bool = False,
-        progress: bool = True, stop_at: int | None = None) -> FitResult:
+        progress: bool = True, stop_at: int | None = None, monitor=None) -> FitResult:
     """Train on `scene_dir` into the run folder `run` (validated and checked before any work).
+
+    monitor(it, fit_seconds, label_fn) -> {name: value}, if given, is called every
+    train.monitor_every iterations (and at the end) with label_fn(frame index) -> (semantic
+    [H, W], instance [H, W]) rendered by the current model; its values are logged as
+    monitor/<name> in metrics.csv (metric-vs-time curves). Its run time is not fit time.
 
     Ctrl-C (or `stop_at`, used by tests) stops after the current iteration with a checkpoint,
     so `fit --resume` continues exactly where it stopped (same schedule, same random stream).
@@ -371,6 +387,13 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
                 bar.set_postfix({k: f"{v:.3g}" for k, v in vals.items()
                                  if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens")})
             bar.update(1)
+            if monitor is not None and s.train.monitor_every > 0 and (
+                    done % s.train.monitor_every == 0 or done == s.train.iters):
+                t_pause = time.perf_counter()
+                label_fn = _frame_label_fn(model, inst.branch if inst else None, scene, s)
+                mvals = monitor(done, fit_seconds + t_pause - t0, label_fn)
+                log.scalars(done, {f"monitor/{k}": float(v) for k, v in mvals.items()})
+                t0 += time.perf_counter() - t_pause          # monitoring is not fit time
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
                 save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst)
     except KeyboardInterrupt:
@@ -395,6 +418,8 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
     branch = inst.branch if inst is not None else None
     mesh_path = export_run_mesh(run, model, scene, bank, s, log, branch=branch)
     mesh_seconds = time.perf_counter() - t_mesh
+    from recon.labels import write_heldout_depth
+    write_heldout_depth(run, model, scene, s, log=log.info, progress=progress)
     if scene.has_masks:
         from recon.labels import write_run_labels
         t_lab = time.perf_counter()

@@ -34,11 +34,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt requirements.lock | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt requirements.lock | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing pinned packages (requirements.txt, requirements.lock)"
+  echo "[setup] installing pinned packages (requirements.txt, requirements-nodeps.txt, requirements.lock)"
   .venv/bin/python -m pip install -q -r requirements.txt -c requirements.lock
+  # GroundingDINO without the extras its metadata names (opencv-python needs libGL; supervision is unused)
+  .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt -c requirements.lock
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import torch, open3d, mcubes, scipy" || { echo "[setup] import check failed" >&2; exit 1; }
+.venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, segment_anything, groundingdino.util.slconfig" \
+  || { echo "[setup] import check failed" >&2; exit 1; }
 echo "[setup] ready: .venv ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -1,0 +1,166 @@
+"""Benchmark harness: resume skips finished cells, a crashing cell is recorded and the suite goes on,
+results.json validates, report.md and its plots are written; the pure rules by hand-computed cases."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import eval.evaluate
+from eval.bench import (FUSION, SUITES, MethodSpec, SceneSpec, Suite, evenly_spaced, monitor_every, publish,
+                        read_monitor_curve, resolve_fit_settings, run_cell_process, run_suite, scaled_schedule,
+                        subset_scores, suite_cells)
+from eval.bench_report import panoptic_colors, time_to_reach
+from eval.bench_schema import validate
+
+TINY = (
+    "model.sdf_grid.n_levels=6", "model.sdf_grid.log2_hashmap_size=12", "model.sdf_grid.finest_cell_m=0.1",
+    "model.semantic_grid.n_levels=4", "model.semantic_grid.log2_hashmap_size=10",
+    "model.semantic_grid.finest_cell_m=0.2", "model.instance_grid.n_levels=4",
+    "model.instance_grid.log2_hashmap_size=10", "model.instance_grid.finest_cell_m=0.2", "tokens.feat_dim=8",
+    "tokens.class_dim=8", "model.sdf_hidden=16", "model.semantic_hidden=16", "model.instance_hidden=16",
+    "model.color_hidden=16", "render.n_stratified=4", "render.n_surface=6", "train.rays_per_iter=128",
+    "train.geometry_only_iters=4", "train.log_every=2", "mesh.voxel_size_m=0.12", "train.threads=1",
+    "train.iters=8", "train.pan_start_iters=4", "train.dice_off_iters=6",
+)
+SCHEMA = json.loads((Path(eval.evaluate.__file__).parent / "bench_schema.json").read_text())
+
+
+def tiny_suite() -> Suite:
+    return Suite("tiny", scenes=(SceneSpec("room", "realistic", size=(40, 30), frames=8, holdout_every=4),),
+                 methods=(MethodSpec("ours"), MethodSpec("broken", overrides=("data.split=nope",)), FUSION),
+                 config=None, base_overrides=TINY, ref_train_frames=None, monitor_points=2, monitor_frames=2,
+                 fusion_voxel_size_m=0.05)
+
+
+def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(eval.evaluate, "N_POINTS", 20_000)  # geometry eval of a 8-iteration mesh is slow otherwise
+    out = tmp_path / "bench"
+    lines: list[str] = []
+    res = run_suite(tiny_suite(), out, isolate=False, progress=False, log=lines.append)
+    status = {c["method"]: c for c in res["cells"]}
+    assert [c["cell_id"] for c in res["cells"]] == [
+        "room-realistic-s0__ours", "room-realistic-s0__broken", "room-realistic-s0__fusion"]
+    # the crashing cell is recorded with its error and the cell after it still ran
+    assert status["broken"]["status"] == "failed"
+    assert "nope" in status["broken"]["error"] and "Traceback" in status["broken"]["traceback"]
+    assert status["ours"]["status"] == status["fusion"]["status"] == "done"
+    for m in ("ours", "fusion"):
+        c = status[m]
+        assert c["summary"]["f1"] is not None and c["summary"]["pq50"] is not None
+        assert c["peak_rss_mb"] > 0 and c["fit_seconds"] >= 0 and c["wall_seconds"] > 0
+        assert {"geometry", "panoptic_2d", "panoptic_2d_paper", "semantic_2d", "instance_2d"} <= set(c["metrics"])
+    assert status["ours"]["iterations"] == 8 and status["ours"]["config"]["train"]["monitor_every"] == 4
+    assert [p["iter"] for p in status["ours"]["curve"]] == [4, 8]          # monitor/ rows of metrics.csv
+    assert len(status["fusion"]["curve"]) == 1 and status["fusion"]["curve"][0]["iter"] == 0
+    assert status["ours"]["config"]["train"]["seed"] == 0
+    # results.json is strict JSON and matches its schema
+    on_disk = json.loads((out / "results.json").read_text())
+    assert validate(on_disk, SCHEMA) == []
+    assert on_disk["git"]["commit"] is None or len(on_disk["git"]["commit"]) == 40
+    # report with the three kinds of plots; ours and the baseline on the same scene rows
+    report = (out / "report.md").read_text()
+    for stem in ("curves", "class_iou", "panoptic"):
+        png = out / f"{stem}_room-realistic-s0.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
+        assert png.name in report
+    assert "| room-realistic-s0 | ours |" in report and "|  | TSDF fusion + voting |" in report
+    assert "room-realistic-s0__broken | failed" in report
+
+    # resume: the done cells are skipped untouched, the failed one is tried again
+    stamps = {m: (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns
+              for m in ("ours", "fusion")}
+    lines.clear()
+    res2 = run_suite(tiny_suite(), out, isolate=False, progress=False, log=lines.append)
+    assert sum("skipped" in ln for ln in lines) == 2, lines
+    assert any("broken: FAILED" in ln for ln in lines)
+    for m, t in stamps.items():
+        assert (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns == t
+    assert [c["status"] for c in res2["cells"]] == ["done", "failed", "done"]
+    # a changed setting invalidates exactly the cells it touches; --only restricts the run
+    changed = replace(tiny_suite(), fusion_voxel_size_m=0.06)
+    lines.clear()
+    run_suite(changed, out, isolate=False, progress=False, only="*__fusion", log=lines.append)
+    assert len([ln for ln in lines if ln.startswith("[")]) == 2 and any("fusion: done in" in ln for ln in lines)
+    # publishing: BENCHMARKS.md at the repository root with its plots and results.json under docs/bench/
+    repo = tmp_path / "repo"
+    publish(res2, out, repo=repo, log=lambda *_: None)
+    md = (repo / "BENCHMARKS.md").read_text()
+    assert "](docs/bench/curves_room-realistic-s0.png)" in md and "--publish" in md
+    assert (repo / "docs" / "bench" / "panoptic_room-realistic-s0.png").is_file()
+    assert validate(json.loads((repo / "docs" / "bench" / "results.json").read_text()), SCHEMA) == []
+
+
+def test_dead_worker_is_recorded_as_failed(tmp_path):
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "spec.json").write_text("{not json")   # the worker dies before it can write cell.json
+    rec = run_cell_process(cell, echo=False, progress=False)
+    assert rec["status"] == "failed" and "exited with code" in rec["error"]
+    assert "JSONDecodeError" in rec["traceback"]
+    assert json.loads((cell / "cell.json").read_text())["status"] == "failed"
+
+
+def test_scaled_schedule_rule():
+    quick = {"iters": 1100, "geometry_only_iters": 100, "pan_start_iters": 350, "dice_off_iters": 850, "lr": 1}
+    assert scaled_schedule(quick, 48) == quick                       # the room: as tuned
+    apt = scaled_schedule(quick, 144)                                # apartment, 3 rooms
+    assert (apt["iters"], apt["geometry_only_iters"], apt["pan_start_iters"], apt["dice_off_iters"]) == \
+        (3300, 300, 1050, 2550)
+    assert scaled_schedule({**quick, "dice_off_iters": 0}, 96)["dice_off_iters"] == 0   # 0 = never stays never
+    assert scaled_schedule(quick, 1)["geometry_only_iters"] == 2     # round(100 / 48)
+    assert scaled_schedule(quick, 144, None) == quick
+    assert monitor_every(1100, 5) == 220 and monitor_every(1101, 5) == 221 and monitor_every(1100, 0) == 0
+
+
+def test_resolved_settings_of_the_shipped_suites():
+    pl = next(m for m in SUITES["quick"].methods if m.name == "panoptic_lifting")
+    s = resolve_fit_settings(SUITES["quick"], pl, 1, 144)
+    assert (s.tokens.spatial_prior, s.tokens.adjust, s.panoptic.head) == (False, False, False)
+    assert s.train.iters == 3300 and s.train.seed == 1 and s.train.monitor_every == 660
+    abl = {m.name: resolve_fit_settings(SUITES["ablation"], m, 0, 48) for m in SUITES["ablation"].methods}
+    assert [(v.tokens.spatial_prior, v.tokens.adjust, v.panoptic.head) for v in abl.values()] == \
+        [(True, False, False), (True, True, False), (True, True, True), (False, True, True)]
+    assert len(suite_cells(SUITES["standard"])) == 3 * 3 * 2 * 3
+
+
+def test_subset_scores_by_hand():
+    # 1 frame 2x4; class 1 stuff, class 2 thing. GT: left half stuff, right half thing instance 5.
+    gt = (np.array([[1, 1, 2, 2], [1, 1, 2, 2]]), np.array([[0, 0, 5, 5], [0, 0, 5, 5]]))
+    perfect = subset_scores([gt], [gt], [2], 3)
+    assert perfect == {"pq50": 100.0, "pq30": 100.0, "miou": 100.0, "mcov": 100.0}
+    # prediction: thing covers 3 of the 4 thing pixels plus nothing else; one thing pixel called stuff
+    ps = np.array([[1, 1, 2, 2], [1, 1, 2, 1]])
+    pi = np.array([[0, 0, 9, 9], [0, 0, 9, 0]])
+    sc = subset_scores([(ps, pi)], [gt], [2], 3)
+    # stuff IoU 4/5, thing IoU 3/4: both > 0.5 -> PQ = mean(80, 75); mIoU the same; mCov 75
+    assert sc["pq50"] == pytest.approx(77.5) and sc["pq30"] == pytest.approx(77.5)
+    assert sc["miou"] == pytest.approx(77.5) and sc["mcov"] == pytest.approx(75.0)
+
+
+def test_small_helpers():
+    assert evenly_spaced(list(range(10)), 3) == [0, 4, 9] and evenly_spaced([3, 4], 6) == [3, 4]
+    curve = [{"fit_seconds": 10.0, "pq50": 20.0}, {"fit_seconds": 30.0, "pq50": None},
+             {"fit_seconds": 20.0, "pq50": 40.0}]
+    assert time_to_reach(curve, "pq50", 30.0) == 20.0 and time_to_reach(curve, "pq50", 41.0) is None
+    sem = np.array([[0, 1], [2, 2]])
+    inst = np.array([[0, 0], [3, 0]])
+    col = panoptic_colors(sem, inst, [2], 3)
+    assert col.shape == (2, 2, 3) and col.dtype == np.uint8
+    assert tuple(col[0, 0]) == (128, 128, 128)                        # unlabelled grey
+    assert not np.array_equal(col[1, 0], col[1, 1])                  # instance colour vs. class colour
+    assert validate({"a": 1.5}, {"type": "object", "properties": {"a": {"type": "integer"}}}) == \
+        ["$.a: expected integer, got float"]
+    assert validate({"b": True}, {"type": "object", "required": ["a"], "additionalProperties": False}) == \
+        ["$: missing required key 'a'", "$: unexpected key 'b'"]
+
+
+def test_read_monitor_curve_last_row_wins(tmp_path):
+    p = tmp_path / "metrics.csv"
+    p.write_text("iter,loss/sdf,monitor/fit_seconds,monitor/pq50,monitor/pq30,monitor/miou,monitor/mcov\n"
+                 "2,0.5,,,,,\n4,,1.5,10,20,30,nan\n4,,1.7,11,21,31,41\n8,,3.0,12,22,32,42\n")
+    assert read_monitor_curve(p) == [
+        {"iter": 4, "fit_seconds": 1.7, "pq50": 11.0, "pq30": 21.0, "miou": 31.0, "mcov": 41.0},
+        {"iter": 8, "fit_seconds": 3.0, "pq50": 12.0, "pq30": 22.0, "miou": 32.0, "mcov": 42.0}]
+    assert read_monitor_curve(tmp_path / "absent.csv") == []
