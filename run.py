@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--label-map", type=Path, default=None, help="scannet: scannetv2-labels.combined.tsv")
     c.add_argument("--mesh", type=Path, default=None, help="replica kinds: GT mesh in the same world frame")
     c.add_argument("--no-gt", action="store_true", help="write no ground truth (labels, mesh)")
+    c.add_argument("--holdout-every", type=int, default=0,
+                   help="hold every Nth frame out of training (splits.json; e.g. 5); 0 = train on all")
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")

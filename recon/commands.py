@@ -66,7 +66,7 @@ def cmd_convert(args) -> int:
         convert(args.kind, args.src, args.out, args.stride, args.max_frames, args.force,
                 skip_bad_frames=args.skip_bad_frames, intrinsics=args.intrinsics,
                 color_intrinsics=args.color_intrinsics, resolution=args.resolution, class_names=args.class_names,
-                label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt)
+                label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt, holdout_every=args.holdout_every)
     except ReaderError as exc:
         raise UserError(str(exc)) from exc
     return 0

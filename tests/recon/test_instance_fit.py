@@ -161,3 +161,40 @@ def test_checkpoint_restores_the_branch(two_box_run):
     assert len(doc["token_ids"]) == branch.tokens.n
     cov = branch.tokens.covariance()
     assert torch.all(torch.linalg.eigvalsh(cov) > 0), "token covariances must stay positive definite"
+
+
+def test_export_of_the_fitted_scene_is_accepted_by_its_consumers(two_box_run, tmp_path):
+    """Issue 7 on a real (tiny) fit: the Gazebo world validates with libsdformat (when installed) and
+    assembles to the panoptic mesh; the GLB has one node per instance of instances.json."""
+    import trimesh
+
+    from recon.export import export_run
+    from recon.export.frames import apply_transform
+    from recon.export.run_data import model_name
+    from tests.recon.test_export import _sdformat_checker, assert_coincide, load_open3d, run_sdformat
+
+    _, run = two_box_run
+    inst = json.loads((run / "instances.json").read_text())["instances"]
+    names = {model_name(e["class"], e["id"]) for e in inst}
+    assert len(names) == 2
+    out = export_run(run, "gazebo", tmp_path / "gz", collision_faces=200, log=lambda *_: None)
+    man = json.loads((out / "export.json").read_text())
+    assert {m["name"] for m in man["models"]} == names | {"environment"}
+    v_ref, f_ref, _, _ = read_ply(run / "mesh.ply")
+    A_inv = np.linalg.inv(np.array(man["frame"]["scene_to_export"]))
+    parts = []
+    for m in man["models"]:
+        tm = trimesh.load(str(out / m["visual"]), force="mesh", process=False)
+        load_open3d(out / m["collision"])
+        parts.append((apply_transform(A_inv, np.asarray(tm.vertices) + m["origin_xyz"]), np.asarray(tm.faces)))
+    assert_coincide(parts, v_ref, f_ref)
+
+    glb = export_run(run, "glb", tmp_path / "glb", log=lambda *_: None)
+    scene = trimesh.load(str(glb / "panoptic.glb"))
+    assert set(scene.graph.nodes_geometry) == names | {"environment"}
+
+    exe = _sdformat_checker(tmp_path)
+    files = [out / "world.sdf"] + [p / "model.sdf" for p in sorted((out / "models").iterdir())]
+    res = run_sdformat(exe, out, files)
+    for f in files:
+        assert res[str(f)]["check"] == 0 and res[str(f)]["errors"] == [], (f, res[str(f)])

@@ -86,11 +86,12 @@ def reprojection_check(scene_dir: Path, max_pairs: int = 5) -> list[dict]:
 
 def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_frames: int | None = None,
             force: bool = False, *, skip_bad_frames: bool = False, log=print, check_pairs: int = 5,
-            **opts) -> dict:
+            holdout_every: int = 0, **opts) -> dict:
     """Convert the dataset folder `src` of `kind` into the scene folder `out`; returns a summary.
 
     opts (only where the reader takes them): intrinsics (fx, fy, cx, cy), color_intrinsics (fx, fy, cx, cy),
     resolution ('depth' | 'color' | 'WxH'), class_names (Path), label_map (Path), mesh (Path), no_gt (bool).
+    holdout_every N >= 2 holds every Nth frame out of training (splits.json; eval uses all frames).
     Raises ReaderError (bad source), FileExistsError (`out` exists without `force`),
     FileNotFoundError (no `src`).
     """
@@ -123,8 +124,14 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     meta = {"name": name, "source": kind, "source_path": str(src.resolve()),
             "source_frames": dict(zip(plan.frame_ids, plan.source_names)), "skipped_frames": list(plan.skipped),
             "stride": int(stride), "max_frames": max_frames, "reader": plan.meta}
+    if holdout_every == 1 or holdout_every < 0:
+        raise ReaderError("--holdout-every must be 0 (train on all frames) or at least 2")
+    splits = None
+    if holdout_every >= 2:
+        ids = list(plan.frame_ids)
+        splits = {"train": [f for k, f in enumerate(ids) if (k + 1) % holdout_every != 0], "eval": ids}
     write_scene(out, K=plan.K, frames=frames(), classes=plan.classes, meta=meta, gt_mesh_writer=plan.gt_mesh_writer,
-                frame_ids=plan.frame_ids, overwrite=force)
+                frame_ids=plan.frame_ids, overwrite=force, splits=splits)
     seconds = time.perf_counter() - t0
     checks = reprojection_check(out, check_pairs) if check_pairs > 0 else []
     medians = [c["median_m"] for c in checks if np.isfinite(c["median_m"])]
