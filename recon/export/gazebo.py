@@ -46,6 +46,21 @@ def _vec(v) -> str:
     return " ".join(_num(x) for x in v)
 
 
+def _geometry_element(tag: str, shape: str, indent: str) -> str:
+    """A link's <visual> or <collision> element (tag, also its name) around one geometry `shape` (XML lines
+    indented relative to the shape element); every line starts with `indent` and ends with a newline."""
+    lines = [f'<{tag} name="{tag}">', "  <geometry>", *("    " + s for s in shape.splitlines()), "  </geometry>",
+             f"</{tag}>"]
+    return "".join(f"{indent}{s}\n" for s in lines)
+
+
+def _mesh_shape(uri: str) -> str:
+    return f"<mesh>\n  <uri>{escape(uri)}</uri>\n</mesh>"
+
+
+PLANE_SHAPE = "<plane>\n  <normal>0 0 1</normal>\n  <size>100 100</size>\n</plane>"  # the 100 m x 100 m ground
+
+
 def model_sdf(part: Part, stuff_names: list[str]) -> str:
     """model.sdf text of one static model whose meshes live in model://<name>/meshes/."""
     n = part.name
@@ -57,27 +72,15 @@ def model_sdf(part: Part, stuff_names: list[str]) -> str:
     else:
         tag = f"<recon:environment classes={quoteattr(','.join(stuff_names))}/>"
     uri = f"model://{n}/meshes"
+    visual = _geometry_element("visual", _mesh_shape(f"{uri}/visual.obj"), " " * 6)
+    collision = _geometry_element("collision", _mesh_shape(f"{uri}/collision.obj"), " " * 6)
     return f"""<?xml version="1.0"?>
 <sdf version="{SDF_VERSION}" xmlns:recon="{NAMESPACE}">
   <model name={quoteattr(n)}>
     <static>true</static>
     {tag}
     <link name="link">
-      <visual name="visual">
-        <geometry>
-          <mesh>
-            <uri>{escape(uri)}/visual.obj</uri>
-          </mesh>
-        </geometry>
-      </visual>
-      <collision name="collision">
-        <geometry>
-          <mesh>
-            <uri>{escape(uri)}/collision.obj</uri>
-          </mesh>
-        </geometry>
-      </collision>
-    </link>
+{visual}{collision}    </link>
   </model>
 </sdf>
 """
@@ -111,6 +114,7 @@ def world_sdf(world_name: str, includes: list[tuple[str, np.ndarray]], frame: Up
     </include>
 """ for name, origin in includes)
     A = " ".join(_num(x) for x in frame.transform.reshape(-1))
+    ground = _geometry_element("collision", PLANE_SHAPE, " " * 8) + _geometry_element("visual", PLANE_SHAPE, " " * 8)
     return f"""<?xml version="1.0"?>
 <!-- panoptic-recon export. Frame: z up, metres, floor at z = 0; world = A * scene (row-major 4x4 A in
      recon:frame below and in export.json). Models: GZ_SIM_RESOURCE_PATH (or GAZEBO_MODEL_PATH) = models/ -->
@@ -134,23 +138,7 @@ def world_sdf(world_name: str, includes: list[tuple[str, np.ndarray]], frame: Up
       <static>true</static>
       <pose>0 0 {_num(-GROUND_BELOW_FLOOR_M)} 0 0 0</pose>
       <link name="link">
-        <collision name="collision">
-          <geometry>
-            <plane>
-              <normal>0 0 1</normal>
-              <size>100 100</size>
-            </plane>
-          </geometry>
-        </collision>
-        <visual name="visual">
-          <geometry>
-            <plane>
-              <normal>0 0 1</normal>
-              <size>100 100</size>
-            </plane>
-          </geometry>
-        </visual>
-      </link>
+{ground}      </link>
     </model>
 {inc}  </world>
 </sdf>

@@ -74,6 +74,12 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ReaderError(f"{path}: missing ({what})")
+    return path
+
+
 def numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
     """{frame number: path} for files in `folder` whose name fully matches `pattern` (one int group)."""
     rx = re.compile(pattern)
@@ -83,6 +89,17 @@ def numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
         if m:
             out[int(m.group(1))] = p
     return out
+
+
+def color_depth_files(color_dir: Path, color_pattern: str, depth_dir: Path, depth_pattern: str,
+                      expected: str) -> tuple[dict[int, Path], dict[int, Path], list[int]]:
+    """({n: colour path}, {n: depth path}, sorted colour frame numbers) by `numbered_files`; an error
+    "<color_dir>: no <expected>" when no colour image matches (missing depths are reported per frame)."""
+    colors = numbered_files(color_dir, color_pattern)
+    depths = numbered_files(depth_dir, depth_pattern)
+    if not colors:
+        raise ReaderError(f"{color_dir}: no {expected}")
+    return colors, depths, sorted(colors)
 
 
 def read_matrix(path: Path, rows: int, cols: int) -> np.ndarray:
@@ -159,6 +176,18 @@ def read_png16(path: Path) -> np.ndarray:
             raise ReaderError(f"{path}: values outside uint16")
         arr = arr.astype(np.uint16)
     return arr
+
+
+def read_color_depth(color_path: Path, depth_path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(colour [H, W, 3] uint8, raw depth [H, W] as stored) of one frame whose colour and depth are both
+    `size` = (W, H); an error naming both files otherwise."""
+    W, H = size
+    color = read_rgb(color_path)
+    raw = read_png16(depth_path)
+    if color.shape[:2] != (H, W) or raw.shape != (H, W):
+        raise ReaderError(f"{color_path} is {color.shape[1]}x{color.shape[0]} and {depth_path} is "
+                          f"{raw.shape[1]}x{raw.shape[0]}; both must be {W}x{H}")
+    return color, raw
 
 
 def depth_raw_to_mm(raw: np.ndarray, metres_per_unit: float, invalid: Iterable[int] = ()) -> np.ndarray:

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from recon.data.readers.common import (ConvertPlan, K_from_values, ReaderError, check_K, choose_frames,
-                                       depth_raw_to_mm, image_size, load_json, numbered_files, pose_file_problem,
-                                       read_png16, read_rgb, require_dir, stride_candidates)
+                                       color_depth_files, depth_raw_to_mm, image_size, load_json, pose_file_problem,
+                                       read_color_depth, require_dir, require_file, stride_candidates)
 from recon.data.readers.mesh import copy_mesh_writer
 from recon.data.scene import FrameRecord
 
@@ -65,17 +65,22 @@ def read_traj(path: Path) -> np.ndarray:
     return np.stack(rows)
 
 
+def traj_row_problem(traj_path: Path, traj: np.ndarray, n: int, frame_name: str) -> str | None:
+    """None if row n of the trajectory `traj` [N, 4, 4] (read from traj_path) is a finite rigid pose of
+    frame n (source file frame_name), else the message naming the file, row and frame."""
+    if n >= len(traj):
+        return f"{traj_path}: has {len(traj)} poses, none for frame {frame_name} (row {n + 1})"
+    why = pose_file_problem(traj_path, traj[n])
+    return f"{why} (row {n + 1}, frame {frame_name})" if why else None
+
+
 def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_frames: bool = False,
          intrinsics: tuple[float, float, float, float] | None = None, mesh: Path | None = None) -> ConvertPlan:
     src = Path(src)
     results = require_dir(src / "results", "NICE-SLAM Replica layout: results/frameNNNNNN.jpg and depthNNNNNN.png")
-    traj_path = src / "traj.txt"
-    if not traj_path.is_file():
-        raise ReaderError(f"{traj_path}: missing (one row-major 4x4 camera-to-world pose per frame)")
-    colors = numbered_files(results, r"frame(\d+)\.(?:jpg|jpeg|png)")
-    depths = numbered_files(results, r"depth(\d+)\.png")
-    if not colors:
-        raise ReaderError(f"{results}: no frameNNNNNN.jpg colour images")
+    traj_path = require_file(src / "traj.txt", "one row-major 4x4 camera-to-world pose per frame")
+    colors, depths, numbers = color_depth_files(results, r"frame(\d+)\.(?:jpg|jpeg|png)", results, r"depth(\d+)\.png",
+                                                "frameNNNNNN.jpg colour images")
     traj = read_traj(traj_path)
 
     notes: list[str] = []
@@ -84,7 +89,6 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
     depth_scale = float(cam.get("scale", NICE_SLAM_DEPTH_SCALE))
     if depth_scale <= 0:
         raise ReaderError(f"{cam_path}: depth scale must be positive, got {depth_scale}")
-    numbers = sorted(colors)
     first = colors[numbers[0]]
     W, H = image_size(first)
     if intrinsics is not None:
@@ -110,21 +114,14 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
     def problem(n: int) -> str | None:
         if n not in depths:
             return f"{results / f'depth{n:06d}.png'}: missing (frame {colors[n].name} has no depth)"
-        if n >= len(traj):
-            return f"{traj_path}: has {len(traj)} poses, none for frame {colors[n].name} (row {n + 1})"
-        why = pose_file_problem(traj_path, traj[n])
-        return f"{why} (row {n + 1}, frame {colors[n].name})" if why else None
+        return traj_row_problem(traj_path, traj, n, colors[n].name)
 
     kept, skipped = choose_frames(stride_candidates(numbers, stride), max_frames, problem, skip_bad_frames)
     c2w = traj[kept]
 
     def load(i: int) -> FrameRecord:
         n = kept[i]
-        color = read_rgb(colors[n])
-        raw = read_png16(depths[n])
-        if color.shape[:2] != (H, W) or raw.shape != (H, W):
-            raise ReaderError(f"{colors[n]} is {color.shape[1]}x{color.shape[0]} and {depths[n]} is "
-                              f"{raw.shape[1]}x{raw.shape[0]}; both must be {W}x{H}")
+        color, raw = read_color_depth(colors[n], depths[n], (W, H))
         depth_mm = depth_raw_to_mm(raw, 1.0 / depth_scale)
         if not depth_mm.any():
             raise ReaderError(f"{depths[n]}: no valid depth (all zero)")

@@ -49,10 +49,10 @@ import numpy as np
 from tqdm import tqdm
 
 from recon.data.readers.common import (ConvertPlan, K_from_values, ReaderError, check_K, choose_frames, class_entries,
-                                       image_size, load_json, numbered_files, pose_file_problem, read_png16,
-                                       read_rgb, require_dir, stride_candidates, zero_stuff_instances)
+                                       color_depth_files, image_size, load_json, numbered_files, read_color_depth,
+                                       read_png16, require_dir, require_file, stride_candidates, zero_stuff_instances)
 from recon.data.readers.mesh import copy_mesh_writer
-from recon.data.readers.replica_nice_slam import read_traj
+from recon.data.readers.replica_nice_slam import read_traj, traj_row_problem
 from recon.data.scene import FrameRecord
 
 KIND = "replica-semantic-nerf"
@@ -94,13 +94,9 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
     src = Path(src)
     rgb_dir = require_dir(src / "rgb", "Semantic-NeRF Replica layout: rgb/rgb_<i>.png")
     depth_dir = require_dir(src / "depth", "depth/depth_<i>.png, uint16 millimetres")
-    traj_path = src / "traj_w_c.txt"
-    if not traj_path.is_file():
-        raise ReaderError(f"{traj_path}: missing (one row-major 4x4 camera-to-world pose per frame)")
-    colors = numbered_files(rgb_dir, r"rgb_(\d+)\.png")
-    depths = numbered_files(depth_dir, r"depth_(\d+)\.png")
-    if not colors:
-        raise ReaderError(f"{rgb_dir}: no rgb_<i>.png images")
+    traj_path = require_file(src / "traj_w_c.txt", "one row-major 4x4 camera-to-world pose per frame")
+    colors, depths, numbers = color_depth_files(rgb_dir, r"rgb_(\d+)\.png", depth_dir, r"depth_(\d+)\.png",
+                                                "rgb_<i>.png images")
     traj = read_traj(traj_path)
     notes: list[str] = []
 
@@ -111,7 +107,6 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
     if sems and not insts:
         warnings.warn(f"{inst_dir}: missing; writing no gt/ images (the scene format needs semantic and instance)")
 
-    numbers = sorted(colors)
     W, H = image_size(colors[numbers[0]])
     K = K_from_values(*intrinsics) if intrinsics is not None else semantic_nerf_K(W, H)
     check_K(K, "--intrinsics" if intrinsics is not None else "Semantic-NeRF intrinsics")
@@ -121,10 +116,7 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
             return f"{depth_dir / f'depth_{n}.png'}: missing (frame {colors[n].name} has no depth)"
         if with_gt and (n not in sems or n not in insts):
             return f"{sem_dir if n not in sems else inst_dir}: no label image for frame {colors[n].name}"
-        if n >= len(traj):
-            return f"{traj_path}: has {len(traj)} poses, none for frame {colors[n].name} (row {n + 1})"
-        why = pose_file_problem(traj_path, traj[n])
-        return f"{why} (row {n + 1}, frame {colors[n].name})" if why else None
+        return traj_row_problem(traj_path, traj, n, colors[n].name)
 
     kept, skipped = choose_frames(stride_candidates(numbers, stride), max_frames, problem, skip_bad_frames)
     c2w = traj[kept]
@@ -156,11 +148,8 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
 
     def load(i: int) -> FrameRecord:
         n = kept[i]
-        color = read_rgb(colors[n])
-        depth_mm = read_png16(depths[n]).astype(np.uint16)
-        if color.shape[:2] != (H, W) or depth_mm.shape != (H, W):
-            raise ReaderError(f"{colors[n]} is {color.shape[1]}x{color.shape[0]} and {depths[n]} is "
-                              f"{depth_mm.shape[1]}x{depth_mm.shape[0]}; both must be {W}x{H}")
+        color, raw = read_color_depth(colors[n], depths[n], (W, H))
+        depth_mm = raw.astype(np.uint16)
         if not depth_mm.any():
             raise ReaderError(f"{depths[n]}: no valid depth (all zero)")
         rec = FrameRecord(color=color, c2w=c2w[i], depth_mm=depth_mm)

@@ -49,11 +49,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from recon.data.readers.common import (ConvertPlan, ReaderError, choose_frames, class_entries, find_upwards,
-                                       image_size, is_stuff_name, load_json, lookup, numbered_files, parse_resolution,
-                                       pose_file_problem, read_intrinsics_file, read_matrix, read_png16, read_rgb,
-                                       require_dir, resample_to_camera, scale_intrinsics, stride_candidates,
-                                       vertex_labels_from_segments, zero_stuff_instances)
+from recon.data.readers.common import (ConvertPlan, ReaderError, choose_frames, class_entries, color_depth_files,
+                                       find_upwards, image_size, is_stuff_name, load_json, lookup, numbered_files,
+                                       parse_resolution, pose_file_problem, read_intrinsics_file, read_matrix,
+                                       read_png16, read_rgb, require_dir, require_file, resample_to_camera,
+                                       scale_intrinsics, stride_candidates, vertex_labels_from_segments,
+                                       zero_stuff_instances)
 from recon.data.readers.mesh import labelled_mesh_writer, read_mesh
 from recon.data.scene import FrameRecord
 
@@ -135,8 +136,7 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
     k_color_path = src / "intrinsic" / "intrinsic_color.txt"
     k_depth_path = src / "intrinsic" / "intrinsic_depth.txt"
     for p in (k_color_path, k_depth_path):
-        if not p.is_file():
-            raise ReaderError(f"{p}: missing (SensReader --export_intrinsics)")
+        require_file(p, "SensReader --export_intrinsics")
     K_color = read_intrinsics_file(k_color_path)
     K_depth = read_intrinsics_file(k_depth_path)
     notes: list[str] = []
@@ -144,12 +144,9 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
         if p.is_file() and not np.allclose(read_matrix(p, 4, 4), np.eye(4), atol=1e-4):
             notes.append(f"{p} is not the identity; colour and depth are nevertheless treated as one camera centre")
 
-    colors = numbered_files(color_dir, r"(\d+)\.(?:jpg|jpeg|png)")
-    depths = numbered_files(depth_dir, r"(\d+)\.png")
+    colors, depths, numbers = color_depth_files(color_dir, r"(\d+)\.(?:jpg|jpeg|png)", depth_dir, r"(\d+)\.png",
+                                                "<i>.jpg colour images")
     poses = numbered_files(pose_dir, r"(\d+)\.txt")
-    if not colors:
-        raise ReaderError(f"{color_dir}: no <i>.jpg colour images")
-    numbers = sorted(colors)
     c_size = image_size(colors[numbers[0]])
     first_depth = depths.get(numbers[0]) or next(iter(depths.values()), None)
     if first_depth is None:

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.data.readers.common import (ConvertPlan, ReaderError, check_K, choose_frames, class_entries, image_size,
-                                       load_json, numbered_files, parse_resolution, pose_file_problem, read_png16,
-                                       read_rgb, require_dir, resample_to_camera, scale_intrinsics, stride_candidates,
-                                       vertex_labels_from_segments)
+from recon.data.readers.common import (ConvertPlan, ReaderError, check_K, choose_frames, class_entries,
+                                       color_depth_files, image_size, load_json, parse_resolution, pose_file_problem,
+                                       read_png16, read_rgb, require_dir, require_file, resample_to_camera,
+                                       scale_intrinsics, stride_candidates, vertex_labels_from_segments)
 from recon.data.readers.mesh import labelled_mesh_writer, read_mesh
 from recon.data.scene import FrameRecord
 
@@ -78,17 +78,12 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
                                           "toolkit's iphone/prepare_iphone_data.py")
     depth_dir = require_dir(iphone / "depth", "ScanNet++ iphone/depth/frame_NNNNNN.png; extract it from depth.bin "
                                               "with the toolkit's iphone/prepare_iphone_data.py")
-    json_path = iphone / "pose_intrinsic_imu.json"
-    if not json_path.is_file():
-        raise ReaderError(f"{json_path}: missing (per-frame intrinsics and poses)")
+    json_path = require_file(iphone / "pose_intrinsic_imu.json", "per-frame intrinsics and poses")
     frames_meta = load_json(json_path)
     if not isinstance(frames_meta, dict):
         raise ReaderError(f"{json_path}: expected an object keyed by frame name")
-    colors = numbered_files(rgb_dir, r"frame_(\d+)\.jpg")
-    depths = numbered_files(depth_dir, r"frame_(\d+)\.png")
-    if not colors:
-        raise ReaderError(f"{rgb_dir}: no frame_NNNNNN.jpg images")
-    numbers = sorted(colors)
+    colors, depths, numbers = color_depth_files(rgb_dir, r"frame_(\d+)\.jpg", depth_dir, r"frame_(\d+)\.png",
+                                                "frame_NNNNNN.jpg images")
     c_size = image_size(colors[numbers[0]])
 
     def key(n: int) -> str:

@@ -43,7 +43,7 @@ import numpy as np
 
 from recon.data.readers.common import (ConvertPlan, K_from_values, ReaderError, check_K, choose_frames,
                                        depth_raw_to_mm, image_size, numbered_files, pose_file_problem,
-                                       read_intrinsics_file, read_matrix, read_png16, read_rgb, resample_to_camera,
+                                       read_color_depth, read_intrinsics_file, read_matrix, resample_to_camera,
                                        stride_candidates)
 from recon.data.scene import FrameRecord
 
@@ -104,11 +104,7 @@ def read(src: Path, *, stride: int = 1, max_frames: int | None = None, skip_bad_
 
     def load(i: int) -> FrameRecord:
         n = kept[i]
-        color = read_rgb(colors[n])
-        raw = read_png16(depths[n])
-        if color.shape[:2] != (H, W) or raw.shape != (H, W):
-            raise ReaderError(f"{colors[n]} is {color.shape[1]}x{color.shape[0]} and {depths[n]} is "
-                              f"{raw.shape[1]}x{raw.shape[0]}; both must be {W}x{H}")
+        color, raw = read_color_depth(colors[n], depths[n], (W, H))
         depth_mm = depth_raw_to_mm(raw, 0.001, invalid=INVALID_DEPTH)
         if not depth_mm.any():
             raise ReaderError(f"{depths[n]}: no valid depth (all zero or 65535)")
