@@ -26,6 +26,16 @@ def available_memory_bytes() -> int:
     return 8 << 30
 
 
+def _common_keys(new: dict, old: dict) -> dict:
+    """`new` without the (nested) keys that `old` lacks."""
+    out = {}
+    for k, v in new.items():
+        if k not in old:
+            continue
+        out[k] = _common_keys(v, old[k]) if isinstance(v, dict) and isinstance(old[k], dict) else v
+    return out
+
+
 def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool) -> str:
     """Decide what to do with `run`: 'new', 'resume' or 'replace'; raise FileExistsError to refuse.
 
@@ -43,6 +53,9 @@ def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool) -> st
         raise FileExistsError(f"{run} exists and is not a run folder (no config.yaml); choose another --out or "
                               "pass --force to replace its contents")
     old = yaml.safe_load(cfg_path.read_text()) or {}
+    # settings added to the schema after the run was started are not in its config.yaml: they take
+    # their defaults, which is what that run used, so they do not make it "different"
+    resolved = _common_keys(resolved, old)
     if resume:
         a = {k: v for k, v in old.items() if k != "train"}
         b = {k: v for k, v in resolved.items() if k != "train"}

@@ -133,3 +133,17 @@ def test_runlog_widens_csv_for_later_stages(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert list(rows[0]) == ["iter", "loss/sdf", "loss/ins"]
     assert rows[0]["loss/ins"] == "" and float(rows[1]["loss/ins"]) == pytest.approx(0.3)
+
+
+def test_resume_accepts_runs_from_before_a_setting_was_added(tmp_path):
+    import yaml
+
+    from recon.runlog import check_run_folder
+    old = {"train": {"iters": 10, "seed": 0}, "mesh": {"voxel_size_m": 0.02}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    newer = {"train": {"iters": 20, "seed": 0, "monitor_every": 0}, "mesh": {"voxel_size_m": 0.02},
+             "panoptic": {"head": True}}
+    assert check_run_folder(tmp_path, newer, resume=True, force=False) == "resume"
+    changed = {"train": {"iters": 20, "seed": 1}, "mesh": {"voxel_size_m": 0.02}}
+    with pytest.raises(FileExistsError):
+        check_run_folder(tmp_path, changed, resume=True, force=False)
