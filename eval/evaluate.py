@@ -93,12 +93,6 @@ def tsdf_baseline(scene: Scene, voxel_size_m: float, split: str) -> dict:
     return tsdf_fusion(depths, colors, scene.K, [scene.c2w[i] for i in idx], voxel_size_m)
 
 
-def heldout_indices(scene: Scene) -> list[int]:
-    """Frames in the "eval" split but not in "train" (novel views), in scene order."""
-    train = set(scene.split_indices("train"))
-    return [i for i in scene.split_indices("eval") if i not in train]
-
-
 def _pq_block(pq: dict, names: dict[int, str]) -> dict:
     return {"pq": round(pq["pq"], 3), "sq": round(pq["sq"], 3), "rq": round(pq["rq"], 3),
             "iou_threshold": pq["iou_threshold"], "pq_things": round(pq["pq_things"], 3),
@@ -140,7 +134,7 @@ def panoptic_2d_metrics(run: Path, scene: Scene) -> dict:
 
     out = scores(list(range(len(scene.frame_ids))))
     out["frames_2d"] = len(scene.frame_ids)
-    held = heldout_indices(scene)
+    held = scene.heldout_indices()
     if held:
         out["heldout"] = {**scores(held), "n_frames": len(held)}
     return out
@@ -168,9 +162,9 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
     (vertices, faces), that mesh ray cast from the same poses (the TSDF baseline)."""
     from PIL import Image
     from eval.mesh_utils import raycast_depth
+    from recon.labels import depth_pixel_grid
     H, W = scene.height, scene.width
-    grid = np.zeros((H, W), bool)
-    grid[stride // 2::stride, stride // 2::stride] = True
+    grid = depth_pixel_grid(H, W, stride)
     preds, gts, masks = [], [], []
     frames = sorted(p.stem for p in (run / "depth_heldout").glob("*.png"))
     for fid in frames:

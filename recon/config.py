@@ -200,6 +200,25 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def swap_dir_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` to `out`. An existing `out` is moved aside first, restored if the
+    rename fails, and removed only after the new folder is in place."""
+    import shutil
+    tmp, out = Path(tmp), Path(out)
+    backup = None
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, backup)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

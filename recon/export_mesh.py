@@ -93,6 +93,7 @@ def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int =
 
 def face_labels(faces: np.ndarray, vertex_labels: np.ndarray) -> np.ndarray:
     """Label of each face [F]: the value shared by at least two of its vertices, else its first vertex's."""
+    assert faces.ndim == 2 and faces.shape[1] == 3, f"faces must be [F, 3], got {faces.shape}"
     a, b, c = (vertex_labels[faces[:, k]] for k in range(3))
     return np.where((b == c) & (a != b), b, a)
 

@@ -16,16 +16,15 @@ Label images: RUN/labels/semantic/<frame>.png and RUN/labels/instance/<frame>.pn
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from recon.config import atomic_write_bytes
+from recon.data.run_labels import png16_bytes, write_label_images
 from recon.instance import InstanceBranch
 from recon.panoptic import panoptic_probs
 from recon.sampling import build_frame_bank, rays_for_pixels, sample_along_rays
@@ -118,14 +117,6 @@ def render_frame_labels(model, branch: InstanceBranch | None, head: bool, bank, 
             torch.cat(toks).reshape(H, W).numpy().astype(np.int64))
 
 
-def png16_bytes(img: np.ndarray) -> bytes:
-    """Lossless uint16 PNG of a label image [H, W] (values must fit 0..65535)."""
-    assert img.ndim == 2 and img.min(initial=0) >= 0 and img.max(initial=0) < 65536, "labels must fit uint16"
-    buf = io.BytesIO()
-    Image.fromarray(img.astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def read_token_ids(run: Path, n_tokens: int) -> np.ndarray:
     """The token -> instance id map stored with the mesh (identity + 1 when absent)."""
     p = Path(run) / "instances.json"
@@ -136,26 +127,28 @@ def read_token_ids(run: Path, n_tokens: int) -> np.ndarray:
     return np.arange(1, n_tokens + 1, dtype=np.int64)
 
 
+def frame_labels(model, branch: InstanceBranch | None, scene, s, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(semantic [H, W], token [H, W], -1 = none) rendered for scene frame i (its own depth guides the samples)."""
+    from recon.trainer import far_plane
+    bank = build_frame_bank(scene, [i], with_masks=False)
+    return render_frame_labels(model, branch, bool(s.panoptic.head), bank, 0, s, far_plane(bank, s))
+
+
 def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, frames: list[int] | None = None,
                      log=print, progress: bool = True) -> Path:
-    """Render and write RUN/labels/{semantic,instance}/<frame>.png for `frames` (default: every frame)."""
-    from recon.trainer import far_plane
+    """Render and write RUN/labels/{semantic,instance}/<frame>.png for `frames` (default: every frame),
+    instance ids through the mesh's token -> id map (RUN/instances.json)."""
     run = Path(run)
     idx = list(range(len(scene))) if frames is None else list(frames)
-    head = bool(s.panoptic.head)
     token_ids = read_token_ids(run, branch.tokens.n) if branch is not None else np.zeros(0, np.int64)
-    out = run / "labels"
     for sub in ("semantic", "instance"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        (run / "labels" / sub).mkdir(parents=True, exist_ok=True)
     model.eval()
     for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):
-        bank = build_frame_bank(scene, [i], with_masks=False)
-        sem, tok = render_frame_labels(model, branch, head, bank, 0, s, far_plane(bank, s))
-        fid = scene.frame_ids[i]
-        atomic_write_bytes(out / "semantic" / f"{fid}.png", png16_bytes(sem))
-        atomic_write_bytes(out / "instance" / f"{fid}.png", png16_bytes(apply_ids(tok, token_ids)))
-    log(f"wrote label images of {len(idx)} frames to {out}")
-    return out
+        sem, tok = frame_labels(model, branch, scene, s, i)
+        write_label_images(run, [scene.frame_ids[i]], [sem], [apply_ids(tok, token_ids)])
+    log(f"wrote label images of {len(idx)} frames to {run / 'labels'}")
+    return run / "labels"
 
 
 # ----------------------------------------------------------------------------- novel-view depth
@@ -191,10 +184,11 @@ def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: 
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def heldout_frames(scene) -> list[int]:
-    """Scene frames in the eval split that are not training frames (novel views)."""
-    train = set(scene.split_indices("train")) if "train" in scene.splits else set()
-    return [i for i in scene.split_indices("eval") if i not in train] if "eval" in scene.splits else []
+def depth_pixel_grid(height: int, width: int, stride: int) -> np.ndarray:
+    """[H, W] bool: the pixels on which held-out depth is rendered and evaluated (every stride-th, centred)."""
+    grid = np.zeros((height, width), bool)
+    grid[stride // 2::stride, stride // 2::stride] = True
+    return grid
 
 
 @torch.no_grad()
@@ -204,14 +198,12 @@ def write_heldout_depth(run: Path, model, scene, s, log=print, progress: bool = 
     mesh.heldout_depth_stride (full-size image; pixels off the grid are 0 = not evaluated).
     Returns the number of frames written."""
     from recon.sampling import camera_dirs
-    idx = heldout_frames(scene)
+    idx = scene.heldout_indices()
     if not idx:
         return 0
     stride = max(1, int(s.mesh.heldout_depth_stride))
     H, W = scene.height, scene.width
-    grid = np.zeros((H, W), bool)
-    grid[stride // 2::stride, stride // 2::stride] = True
-    pix = np.nonzero(grid.reshape(-1))[0]
+    pix = np.nonzero(depth_pixel_grid(H, W, stride).reshape(-1))[0]
     dirs_cam = camera_dirs(scene.K, W, H)[pix]                                      # [P, 3], z = 1
     scale = np.linalg.norm(dirs_cam, axis=1)
     far = s.render.far_m if s.render.far_m > 0 else float(np.linalg.norm(model.box_max_np - model.box_min_np))

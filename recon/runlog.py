@@ -26,21 +26,24 @@ def available_memory_bytes() -> int:
     return 8 << 30
 
 
-def _common_keys(new: dict, old: dict) -> dict:
-    """`new` without the (nested) keys that `old` lacks."""
-    out = {}
-    for k, v in new.items():
-        if k not in old:
-            continue
-        out[k] = _common_keys(v, old[k]) if isinstance(v, dict) and isinstance(old[k], dict) else v
+def with_defaults(saved: dict, defaults: dict) -> dict:
+    """`saved` with every (nested) key it lacks taken from `defaults`."""
+    out = dict(saved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = with_defaults(out[k], v)
     return out
 
 
-def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool) -> str:
+def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool, defaults: dict | None = None) -> str:
     """Decide what to do with `run`: 'new', 'resume' or 'replace'; raise FileExistsError to refuse.
 
     A folder holding a run with a different config is never touched without --force;
-    --resume needs a run with the same config (the iteration count may differ).
+    --resume needs a run with the same config (the iteration count may differ). `defaults`
+    (the schema's default settings) fill the keys a run's config.yaml lacks because the setting
+    was added later: that run used the default, so a new run with the default is the same run.
     """
     cfg_path = run / "config.yaml"
     if not run.exists() or not any(run.iterdir()):
@@ -53,9 +56,8 @@ def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool) -> st
         raise FileExistsError(f"{run} exists and is not a run folder (no config.yaml); choose another --out or "
                               "pass --force to replace its contents")
     old = yaml.safe_load(cfg_path.read_text()) or {}
-    # settings added to the schema after the run was started are not in its config.yaml: they take
-    # their defaults, which is what that run used, so they do not make it "different"
-    resolved = _common_keys(resolved, old)
+    if defaults is not None:
+        old = with_defaults(old, defaults)
     if resume:
         a = {k: v for k, v in old.items() if k != "train"}
         b = {k: v for k, v in resolved.items() if k != "train"}

@@ -288,12 +288,11 @@ def train_indices(scene: Scene, s: FitSettings) -> list[int]:
 
 def _frame_label_fn(model: SceneModel, branch: InstanceBranch | None, scene: Scene, s: FitSettings):
     """frame index -> (semantic [H, W], instance [H, W]) rendered now (instance = token index + 1)."""
-    from recon.labels import render_frame_labels
+    from recon.labels import frame_labels
 
     def label_fn(i: int) -> tuple[np.ndarray, np.ndarray]:
-        one = build_frame_bank(scene, [i], with_masks=False)
-        sem, tok = render_frame_labels(model, branch, bool(s.panoptic.head), one, 0, s, far_plane(one, s))
-        return sem, np.where(tok >= 0, tok + 1, 0)
+        sem, tok = frame_labels(model, branch, scene, s, i)
+        return sem, tok + 1                                                   # -1 (none) -> 0
     return label_fn
 
 
@@ -311,7 +310,7 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
     """
     scene = load_scene(scene_dir, skip_bad_frames=s.data.skip_bad_frames)
     resolved = to_dict(s)
-    mode = check_run_folder(run, resolved, resume, force)
+    mode = check_run_folder(run, resolved, resume, force, defaults=to_dict(FitSettings()))
     train_idx = train_indices(scene, s)
     check_memory(scene, len(train_idx), s, scene.n_classes)
     if mode == "replace":

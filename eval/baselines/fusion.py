@@ -43,7 +43,6 @@ Units: metres; poses camera-to-world with OpenCV axes; depth is z-depth.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -56,7 +55,7 @@ import yaml
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from recon.config import atomic_write_text
+from recon.config import atomic_write_text, swap_dir_into_place
 from recon.data.run_labels import write_label_images
 from recon.data.scene import Scene, SceneError, load_scene
 from recon.meshing import write_ply
@@ -474,13 +473,7 @@ def run_fusion_baseline(scene_dir: str | Path, out_run: str | Path, voxel_size_m
                   "render_seconds": round(render_s, 2),
                   "n_frames_fused": len(idx)}
         atomic_write_text(tmp / "timing.json", json.dumps(timing, indent=1) + "\n")
-        backup = None
-        if out_run.exists():
-            backup = out_run.parent / f".{out_run.name}.old-{os.getpid()}"
-            os.replace(out_run, backup)
-        os.replace(tmp, out_run)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        swap_dir_into_place(tmp, out_run)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,7 +21,6 @@ drives either one the same way:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from recon.config import ConfigError, atomic_write_bytes, atomic_write_text
 from recon.data.mask_sim import FrameMasks
+from recon.data.run_labels import png16_bytes
 from recon.data.scene import ClassInfo, Scene, load_scene, replace_masks
 
 WORK_DIR = ".segment-work"
@@ -188,12 +188,6 @@ class SimMaskSource:
 
 # ----------------------------------------------------------------------------- the resumable writer
 
-def _png16(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 def _frame_done(work: Path, fid: str) -> bool:
     return all((work / sub / f"{fid}{ext}").is_file()
                for sub, ext in (("instance", ".png"), ("semantic", ".png"), ("scores", ".json")))
@@ -201,8 +195,8 @@ def _frame_done(work: Path, fid: str) -> bool:
 
 def _write_work_frame(work: Path, fid: str, fm: FrameMasks) -> None:
     """Instance and semantic PNGs first, the scores JSON last: its presence marks the frame done."""
-    atomic_write_bytes(work / "instance" / f"{fid}.png", _png16(fm.instance))
-    atomic_write_bytes(work / "semantic" / f"{fid}.png", _png16(fm.semantic))
+    atomic_write_bytes(work / "instance" / f"{fid}.png", png16_bytes(fm.instance))
+    atomic_write_bytes(work / "semantic" / f"{fid}.png", png16_bytes(fm.semantic))
     scores = {str(int(k)): {"class": int(v["class"]), "score": float(v["score"])}
               for k, v in sorted(fm.scores.items())}
     atomic_write_text(work / "scores" / f"{fid}.json", json.dumps(scores) + "\n")

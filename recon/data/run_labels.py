@@ -25,7 +25,8 @@ def label_path(run: Path, kind: str, frame_id: str) -> Path:
     return Path(run) / "labels" / kind / f"{frame_id}.png"
 
 
-def _png16(path: Path, arr: np.ndarray) -> bytes:
+def png16_bytes(arr: np.ndarray, path: Path | str = "label image") -> bytes:
+    """Lossless 16-bit PNG of an integer image [H, W] (values 0..65535); `path` names it in errors."""
     arr = np.asarray(arr)
     assert arr.ndim == 2, f"{path}: label image must be [H, W], got {arr.shape}"
     if not np.issubdtype(arr.dtype, np.integer):
@@ -49,7 +50,7 @@ def write_label_images(run: Path, frame_ids: Sequence[str], sem_list: Iterable[n
         assert sem.shape == inst.shape, f"frame {fid}: semantic {sem.shape} and instance {inst.shape} differ"
         for kind, arr in (("semantic", sem), ("instance", inst)):
             path = label_path(run, kind, fid)
-            atomic_write_bytes(path, _png16(path, arr))
+            atomic_write_bytes(path, png16_bytes(arr, path))
 
 
 def has_label_images(run: Path) -> bool:

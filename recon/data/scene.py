@@ -21,6 +21,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from recon.config import swap_dir_into_place
+
 FRAME_ID_RE = re.compile(r"^\d{6}$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 PER_FRAME_DIRS = {
@@ -110,6 +112,11 @@ class Scene:
     def split_indices(self, name: str) -> list[int]:
         pos = {f: i for i, f in enumerate(self.frame_ids)}
         return [pos[f] for f in self.splits[name] if f in pos]
+
+    def heldout_indices(self) -> list[int]:
+        """Frames in the "eval" split but not in "train" (novel views), in scene order."""
+        train = set(self.split_indices("train"))
+        return [i for i in self.split_indices("eval") if i not in train]
 
     def load_color(self, i: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB."""
@@ -593,27 +600,11 @@ def write_scene(out: str | Path, *, K: np.ndarray, frames: Iterable[FrameRecord]
             gt_mesh_writer(tmp / "gt" / "mesh.ply")
         if validate:
             load_scene(tmp)
-        _swap_into_place(tmp, out)
+        swap_dir_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed only after."""
-    backup = None
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, backup)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def replace_masks(root: str | Path, masks: Iterable[tuple[str, np.ndarray, np.ndarray, dict]],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.config import atomic_write_text
+from recon.config import atomic_write_text, swap_dir_into_place
 from recon.export.collision import MIN_FACES
 from recon.export.frames import UpFrame, find_up_frame, is_floor_name
 from recon.export.meshes import COLOR_MODES, vertex_colors
@@ -104,13 +104,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, collisi
         }
         atomic_write_text(tmp / "export.json", json.dumps(manifest, indent=1) + "\n")
         _make_readable(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

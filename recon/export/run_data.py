@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.meshing import read_ply
+from recon.export_mesh import face_labels as face_instance_labels  # one face-labelling rule for RUN/instances/ and export
 
 
 class ExportError(ValueError):
@@ -85,14 +86,6 @@ def model_name(class_name: str, instance_id: int) -> str:
     file name)."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", class_name.strip()) or "class"
     return f"{safe}_{int(instance_id)}"
-
-
-def face_instance_labels(faces: np.ndarray, vertex_labels: np.ndarray) -> np.ndarray:
-    """Label of each face [F]: the label shared by at least two of its vertices, else its first vertex's."""
-    faces = np.asarray(faces)
-    assert faces.ndim == 2 and faces.shape[1] == 3, faces.shape
-    a, b, c = (vertex_labels[faces[:, k]] for k in range(3))
-    return np.where((b == c) & (a != b), b, a)
 
 
 def _read_json(path: Path):
@@ -246,7 +239,7 @@ def _make_part(mesh: RunMesh, face_index: np.ndarray, name: str, iid: int, cid: 
 def split_parts(mesh: RunMesh, log=print) -> list[Part]:
     """One Part per listed instance that owns at least one face (in instances.json order), then 'environment'
     (if any face is left). Every face of the mesh is in exactly one part."""
-    labels = face_instance_labels(mesh.faces, mesh.instance_raw)  # [F]
+    labels = face_instance_labels(np.asarray(mesh.faces), mesh.instance_raw)  # [F]
     labels = np.where(np.isin(labels, [e.id for e in mesh.instances]), labels, 0)
     order = np.argsort(labels, kind="stable")
     ids, starts = np.unique(labels[order], return_index=True)

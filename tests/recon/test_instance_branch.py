@@ -141,9 +141,15 @@ def test_resume_accepts_runs_from_before_a_setting_was_added(tmp_path):
     from recon.runlog import check_run_folder
     old = {"train": {"iters": 10, "seed": 0}, "mesh": {"voxel_size_m": 0.02}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    defaults = {"train": {"iters": 5, "seed": 0, "monitor_every": 0}, "mesh": {"voxel_size_m": 0.02},
+                "panoptic": {"head": True}}
     newer = {"train": {"iters": 20, "seed": 0, "monitor_every": 0}, "mesh": {"voxel_size_m": 0.02},
              "panoptic": {"head": True}}
-    assert check_run_folder(tmp_path, newer, resume=True, force=False) == "resume"
-    changed = {"train": {"iters": 20, "seed": 1}, "mesh": {"voxel_size_m": 0.02}}
+    assert check_run_folder(tmp_path, newer, resume=True, force=False, defaults=defaults) == "resume"
+    # a setting the old run did not have, but set to something other than its default: a different run
+    off = {**newer, "panoptic": {"head": False}}
     with pytest.raises(FileExistsError):
-        check_run_folder(tmp_path, changed, resume=True, force=False)
+        check_run_folder(tmp_path, off, resume=True, force=False, defaults=defaults)
+    changed = {**newer, "train": {"iters": 20, "seed": 1, "monitor_every": 0}}
+    with pytest.raises(FileExistsError):
+        check_run_folder(tmp_path, changed, resume=True, force=False, defaults=defaults)
