@@ -40,6 +40,7 @@ class FrameBank:
     rgb: torch.Tensor             # [F, P, 3] uint8
     semantic: torch.Tensor | None  # [F, P] int16 mask class ids (0 = unlabelled), None without masks
     instance: torch.Tensor | None  # [F, P] int16 per-frame mask ids
+    thing_class: torch.Tensor | None = None  # [C] bool per class id: thing class (mask-balanced sampling)
 
     @property
     def n_frames(self) -> int:
@@ -78,7 +79,16 @@ def build_frame_bank(scene: Scene, indices: list[int], with_masks: bool = True) 
         rgb=torch.from_numpy(np.stack(rgb)),
         semantic=torch.from_numpy(np.stack(sem)) if sem else None,
         instance=torch.from_numpy(np.stack(inst)) if inst else None,
+        thing_class=thing_lut(scene.thing_ids(), scene.n_classes) if sem else None,
     )
+
+
+def thing_lut(thing_ids: list[int], n_classes: int) -> torch.Tensor:
+    """[C] bool: True at the thing class ids (C = n_classes, id 0 = unlabelled)."""
+    lut = torch.zeros(n_classes, dtype=torch.bool)
+    if thing_ids:
+        lut[torch.tensor(thing_ids, dtype=torch.long)] = True
+    return lut
 
 
 @dataclass
@@ -104,14 +114,49 @@ def rays_for_pixels(bank: FrameBank, frame: torch.Tensor, pixel: torch.Tensor) -
                     instance=None if bank.instance is None else bank.instance[frame, pixel].long())
 
 
-def sample_rays(bank: FrameBank, n_rays: int, n_frames: int, gen: torch.Generator) -> RayBatch:
-    """`n_rays` random pixels drawn from `n_frames` random frames (equal share per frame)."""
+def mask_balanced_weights(instance: torch.Tensor, semantic: torch.Tensor, thing_class: torch.Tensor,
+                          with_stuff: bool = False) -> torch.Tensor:
+    """Sampling weights [P] over one frame's pixels that give every segment the same total mass.
+
+    instance [P] per-frame mask ids (0 = none), semantic [P] class ids (0 = unlabelled),
+    thing_class [C] bool. Segments: the thing masks, and with `with_stuff` also each stuff
+    class's labelled region. A pixel of segment m weighs 1 / |m|; other pixels weigh 0."""
+    assert instance.shape == semantic.shape and instance.ndim == 1
+    sem = semantic.long().clamp(0, thing_class.shape[0] - 1)
+    inst = instance.long()
+    thing = (inst > 0) & thing_class[sem]
+    # one segment key per pixel: thing masks by mask id, stuff regions by class (negative keys)
+    key = torch.where(thing, inst, -sem)
+    on = thing | ((sem > 0) & ~thing_class[sem] & with_stuff)
+    w = torch.zeros(inst.shape, dtype=torch.float32)
+    if bool(on.any()):
+        _, inverse, counts = torch.unique(key[on], return_inverse=True, return_counts=True)
+        w[on] = 1.0 / counts[inverse].float()
+    return w
+
+
+def sample_rays(bank: FrameBank, n_rays: int, n_frames: int, gen: torch.Generator,
+                mask_fraction: float = 0.0, with_stuff: bool = False) -> RayBatch:
+    """`n_rays` pixels drawn from `n_frames` random frames (equal share per frame).
+
+    mask_fraction: this share of each frame's rays is drawn over its thing masks with equal mass
+    per mask (`mask_balanced_weights`, with replacement; `with_stuff`: each stuff class region
+    is one more segment), so that small objects get enough samples for the per-frame
+    assignment; the rest (and all rays of frames without thing
+    masks) uniformly over the image."""
+    assert 0.0 <= mask_fraction <= 1.0, f"mask_fraction must be in [0, 1], got {mask_fraction}"
     n_frames = min(n_frames, bank.n_frames)
     frames = torch.randperm(bank.n_frames, generator=gen)[:n_frames]      # [n_frames]
     per = -(-n_rays // n_frames)
-    pixel = torch.randint(0, bank.n_pixels, (n_frames, per), generator=gen).reshape(-1)[:n_rays]
+    pixel = torch.randint(0, bank.n_pixels, (n_frames, per), generator=gen)   # [n_frames, per]
+    n_mask = int(round(per * mask_fraction))
+    if n_mask > 0 and bank.instance is not None and bank.thing_class is not None:
+        for k, row in enumerate(frames.tolist()):
+            w = mask_balanced_weights(bank.instance[row], bank.semantic[row], bank.thing_class, with_stuff)
+            if float(w.sum()) > 0:
+                pixel[k, :n_mask] = torch.multinomial(w, n_mask, replacement=True, generator=gen)
     frame = frames.repeat_interleave(per)[:n_rays]
-    return rays_for_pixels(bank, frame, pixel)
+    return rays_for_pixels(bank, frame, pixel.reshape(-1)[:n_rays])
 
 
 def sample_along_rays(depth: torch.Tensor, near: float, far: float, n_strat: int, n_surf: int, band: float,

@@ -84,6 +84,8 @@ class TrainSettings:
     iters: int = 2000
     rays_per_iter: int = 1024
     frames_per_iter: int = 4             # rays of a step come from this many frames (the instance assignment needs it)
+    mask_ray_fraction: float = 0.0       # after the geometry stage, this share of a frame's rays is drawn with equal mass per thing mask
+    mask_ray_stuff: bool = False         # ... and per stuff class region (small stuff such as a ceiling strip gets its share)
     lr_grid: float = 1e-2
     lr_mlp: float = 2e-3
     lr_final_factor: float = 0.1         # exponential decay to lr * this at the last iteration

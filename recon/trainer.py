@@ -109,10 +109,11 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
                gen: torch.Generator, far: float, inst: InstanceState | None = None) -> dict[str, float]:
     """One optimisation step; returns the loss terms (and assignment statistics) as floats."""
     t, ls = s.train, s.loss
-    rays = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen)
+    labels_on = it >= t.geometry_only_iters and bank.semantic is not None
+    rays = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen,
+                       mask_fraction=t.mask_ray_fraction if labels_on else 0.0, with_stuff=t.mask_ray_stuff)
     z = sample_along_rays(rays.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
                           s.render.band_m, gen)
-    labels_on = it >= t.geometry_only_iters and rays.semantic is not None
     semantic_on = labels_on and ls.w_sem > 0
     inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
     pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0

@@ -34,7 +34,13 @@ Rules (our defaults where the paper is silent; all in AdjustConfig)
   its minimum cost at i but i went to mask a) in at least split_min_events frames of the
   window, at split_persist_checks consecutive checks, is cloned; the clone's mean is moved by
   split_offset_m along the token's longest axis. Clones are appended after the kept tokens;
-  the total never exceeds max_tokens. Pruned tokens are never cloned.
+  the total never exceeds max_tokens. Pruned tokens are never cloned. With split_max_cost > 0
+  a frame is evidence only if the lost mask b costs less than that at token i, i.e. the token's
+  rendered mask really overlaps b (dice + BCE < 1 needs some overlap); a mask that no token
+  covers (a rarely seen object) otherwise "loses" the biggest token and clones it in place.
+  From split_until_iters on
+  (when > 0) checks only prune: a late clone has too few iterations left to find its object and
+  mostly splits one object into two ids.
 * at least min_tokens tokens are always kept (the most assigned ones).
 """
 from __future__ import annotations
@@ -62,6 +68,8 @@ class AdjustConfig:
     split_min_events: int = 1         # evidence at a check = at least this many frames in the window
     split_offset_m: float = 0.02      # clone mean offset along the longest axis (m)
     max_tokens: int = 64              # splits stop at this many tokens
+    split_until_iters: int = 0        # no splits at checks from this iteration on (0 = no limit; prunes go on)
+    split_max_cost: float = 0.0       # split evidence only where the lost mask's cost at the token is below this (0 = any)
     min_tokens: int = 1               # pruning never goes below this many tokens
     enabled: bool = True
 
@@ -140,7 +148,8 @@ class TokenAdjustStrategy:
         if n_tokens != self.n:
             raise ValueError(f"the strategy tracks {self.n} tokens but the frame was matched against {n_tokens}: "
                              "tokens were resized outside step(); call strategy.remap(index_map, it) after that")
-        split = sorted({i for i, _, _ in assignment_stats(cost, rows, cols)})
+        lim = self.cfg.split_max_cost
+        split = sorted({i for i, _, b in assignment_stats(cost, rows, cols) if lim <= 0 or float(cost[b, i]) < lim})
         self.events.append((int(it), [int(c) for c in cols.tolist()], split))
         self._trim(it)
 
@@ -206,7 +215,8 @@ class TokenAdjustStrategy:
         # split
         for i in range(N):
             self.persist[i] = self.persist[i] + 1 if split_events[i] >= cfg.split_min_events else 0
-        candidates = [i for i in range(N) if keep[i] and self.persist[i] >= cfg.split_persist_checks]
+        late = cfg.split_until_iters > 0 and it >= cfg.split_until_iters
+        candidates = [i for i in range(N) if keep[i] and self.persist[i] >= cfg.split_persist_checks and not late]
         candidates.sort(key=lambda i: (-split_events[i], i))
         room = max(0, cfg.max_tokens - int(keep.sum()))
         clone_of = candidates[:room]

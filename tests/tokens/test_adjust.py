@@ -189,3 +189,33 @@ def test_no_adjust_and_state_round_trip():
     copy = TokenAdjustStrategy(AdjustConfig(every_iters=10, window_iters=10))
     copy.load_state_dict(on.state_dict())
     assert copy.state_dict() == on.state_dict()
+
+
+def test_no_splits_from_split_until_iters_on():
+    logs = []
+    cfg = AdjustConfig(every_iters=5, window_iters=5, n_min=1, split_persist_checks=1, split_until_iters=6)
+    strat = TokenAdjustStrategy(cfg, logs.append)
+    tok = _tokens(2)
+    cost = torch.tensor([[0.1, 0.5], [0.2, 0.9]])                      # token 0 "stolen" in every frame
+    rows, cols = hungarian(cost)
+    for it in range(1, 6):
+        strat.after_assignment(it, rows, cols, cost, 2)
+    assert strat.step(6, tok, *_disjoint_probs(2)) is None and tok.n == 2    # evidence, but too late to split
+    assert not any("split" in m for m in logs)
+    cfg.split_until_iters = 0                                            # no limit: the same evidence splits
+    for it in range(7, 12):
+        strat.after_assignment(it, rows, cols, cost, 2)
+    out = strat.step(12, tok, *_disjoint_probs(2))
+    assert out is not None and out["clone_of"] == [0] and tok.n == 3
+
+
+def test_split_evidence_needs_overlap_below_split_max_cost():
+    # mask 1's best token is 0 (cost 0.95) but token 0 went to mask 0: evidence only without a cost limit
+    # or with a limit above 0.95
+    cost = torch.tensor([[0.1, 1.5], [0.95, 1.6]])
+    rows, cols = hungarian(cost)
+    assert cols.tolist() == [0, 1]
+    for lim, expect in ((0.0, [0]), (1.0, [0]), (0.9, [])):
+        strat = TokenAdjustStrategy(AdjustConfig(split_max_cost=lim))
+        strat.after_assignment(1, rows, cols, cost, 2)
+        assert strat.events[-1][2] == expect, lim
