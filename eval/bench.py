@@ -345,10 +345,16 @@ def resolve_fit_settings(suite: Suite, method: MethodSpec, seed: int, n_train: i
     cfg = None if suite.config is None else CONFIGS / suite.config
     s = load_config(FitSettings, cfg, list(suite.base_overrides) + list(method.overrides) + [f"train.seed={seed}"])
     train = to_dict(s.train)
+    tokens = to_dict(s.tokens)
     if n_train is not None:
         train = scaled_schedule(train, n_train, suite.ref_train_frames)
+        # the last-stage split cut-off is a stage boundary too
+        rules = tokens["adjust_rules"]
+        rules["split_until_iters"] = scaled_schedule({**{k: 0 for k in SCHEDULE_KEYS},
+                                                      "iters": rules["split_until_iters"]},
+                                                     n_train, suite.ref_train_frames)["iters"]
     train["monitor_every"] = monitor_every(train["iters"], suite.monitor_points)
-    return load_config(FitSettings, None, [], base={**to_dict(s), "train": train})
+    return load_config(FitSettings, None, [], base={**to_dict(s), "train": train, "tokens": tokens})
 
 
 def prepare_cell(suite: Suite, cell: Cell, scene_dir: Path, cell_dir: Path) -> dict:

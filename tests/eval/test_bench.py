@@ -119,6 +119,7 @@ def test_resolved_settings_of_the_shipped_suites():
     s = resolve_fit_settings(SUITES["quick"], pl, 1, 144)
     assert (s.tokens.spatial_prior, s.tokens.adjust, s.panoptic.head) == (False, False, False)
     assert s.train.iters == 3300 and s.train.seed == 1 and s.train.monitor_every == 660
+    assert s.tokens.adjust_rules.split_until_iters == 3 * 800                   # scaled like the stages
     abl = {m.name: resolve_fit_settings(SUITES["ablation"], m, 0, 48) for m in SUITES["ablation"].methods}
     assert [(v.tokens.spatial_prior, v.tokens.adjust, v.panoptic.head) for v in abl.values()] == \
         [(True, False, False), (True, True, False), (True, True, True), (False, True, True)]
