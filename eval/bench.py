@@ -177,11 +177,14 @@ def scaled_schedule(train: dict, n_train: int, ref_train: int | None = REF_TRAIN
     out = dict(train)
     if ref_train is None:
         return out
-    factor = n_train / float(ref_train)
     for k in SCHEDULE_KEYS:
-        v = int(out[k])
-        out[k] = 0 if v == 0 else max(1, int(round(v * factor)))
+        out[k] = scale_iters(int(out[k]), n_train, ref_train)
     return out
+
+
+def scale_iters(v: int, n_train: int, ref_train: int) -> int:
+    """One iteration count times n_train / ref_train; 0 (= never / no limit) stays 0, others >= 1."""
+    return 0 if v == 0 else max(1, int(round(v * n_train / float(ref_train))))
 
 
 def monitor_every(iters: int, points: int) -> int:
@@ -350,9 +353,8 @@ def resolve_fit_settings(suite: Suite, method: MethodSpec, seed: int, n_train: i
         train = scaled_schedule(train, n_train, suite.ref_train_frames)
         # the last-stage split cut-off is a stage boundary too
         rules = tokens["adjust_rules"]
-        rules["split_until_iters"] = scaled_schedule({**{k: 0 for k in SCHEDULE_KEYS},
-                                                      "iters": rules["split_until_iters"]},
-                                                     n_train, suite.ref_train_frames)["iters"]
+        if suite.ref_train_frames is not None:
+            rules["split_until_iters"] = scale_iters(rules["split_until_iters"], n_train, suite.ref_train_frames)
     train["monitor_every"] = monitor_every(train["iters"], suite.monitor_points)
     return load_config(FitSettings, None, [], base={**to_dict(s), "train": train, "tokens": tokens})
 
