@@ -13,7 +13,7 @@ import open3d as o3d
 
 from .classes import CLASS_ID
 from .objects import SceneObject
-from .primitives import prim_mesh
+from .primitives import CELL_M, prim_mesh
 from .texture import Material, material_table, shade_colour
 
 INVALID = np.uint32(0xFFFFFFFF)
@@ -43,8 +43,7 @@ class SceneMesh:
         return self.vert_object[self.faces[:, 0]]
 
 
-def build_scene_mesh(objects: list[SceneObject], instance_ids: list[int], cell_m: float = 0.15,
-                     n_seg: int = 64) -> SceneMesh:
+def build_scene_mesh(objects: list[SceneObject], instance_ids: list[int], cell_m: float = CELL_M) -> SceneMesh:
     """Concatenate every primitive mesh; vertices are never shared between primitives."""
     assert len(objects) == len(instance_ids)
     vs, fs, ns, sem, inst, obj_idx, mat_idx = [], [], [], [], [], [], []
@@ -54,7 +53,7 @@ def build_scene_mesh(objects: list[SceneObject], instance_ids: list[int], cell_m
         mat_base = len(materials)
         materials.extend(obj.materials)
         for prim in obj.prims:
-            pm = prim_mesh(prim, cell_m, n_seg)
+            pm = prim_mesh(prim, cell_m)
             nv = len(pm.vertices)
             vs.append(pm.vertices)
             ns.append(pm.normals)
