@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="recompute cells that are done")
     b.add_argument("--only", default=None, metavar="PATTERN",
                    help="run only cells whose id matches (glob, comma separated), e.g. 'room-*__ours'")
+    b.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep finished fits' checkpoints/ (by default deleted once a cell is done)")
     b.add_argument("--report-only", action="store_true",
                    help="compute nothing: rebuild results.json and report.md from the cells in --out")
     b.add_argument("--publish", action="store_true",

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,8 @@ from recon.config import atomic_write_text, load_config, save_config, to_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SCHEMA_PATH = Path(__file__).resolve().parent / "bench_schema.json"
-BENCH_VERSION = 1                     # bump when a cell's computation changes meaning (invalidates old cells)
+BENCH_VERSION = 2                     # bump when a cell's computation changes meaning (invalidates old cells);
+                                      # 2: synthetic GT meshes sample surfaces uniformly (5 cm)
 REF_TRAIN_FRAMES = 48                 # training frames of the room, for which configs/quick.yaml is tuned
 SCHEDULE_KEYS = ("iters", "geometry_only_iters", "pan_start_iters", "dice_off_iters")
 PL_OVERRIDES = ("tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false")
@@ -508,6 +509,13 @@ def run_cell_process(cell_dir: Path, echo: bool = True, progress: bool = True) -
     return rec
 
 
+def drop_checkpoints(run: Path) -> None:
+    """Delete a finished run's checkpoints/ folder (nothing else)."""
+    import shutil
+    if (run / "checkpoints").is_dir():
+        shutil.rmtree(run / "checkpoints")
+
+
 def cell_is_done(cell_dir: Path, spec_hash: str) -> bool:
     p = cell_dir / "cell.json"
     if not p.is_file():
@@ -520,11 +528,14 @@ def cell_is_done(cell_dir: Path, spec_hash: str) -> bool:
 
 
 def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None = None, isolate: bool = True,
-              echo: bool = True, progress: bool = True, log=print) -> dict:
+              echo: bool = True, progress: bool = True, keep_checkpoints: bool = False, log=print) -> dict:
     """Run every (selected) cell of `suite` into `out`, then write results.json and report.md.
 
     force: recompute done cells; only: fnmatch pattern(s) on cell ids, comma separated;
-    isolate: one process per cell (False: in this process, for debugging).
+    isolate: one process per cell (False: in this process, for debugging);
+    keep_checkpoints: keep a finished fit's run/checkpoints/ (hundreds of MB each; by default they
+    are deleted once the cell is done: its mesh, labels and metrics stay, and a done cell is never
+    resumed).
     Returns the results dict.
     """
     out = Path(out)
@@ -573,6 +584,8 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
         rec = run_cell_process(cell_dir, echo=echo, progress=progress) if isolate else run_cell(cell_dir, progress)
         if rec["status"] == "done":
             n_done += 1
+            if not keep_checkpoints:
+                drop_checkpoints(cell_dir / "run")
             sm = summary_of(rec.get("metrics", {}))
             pq = "-" if sm["pq50"] is None else f"{sm['pq50']:.1f}"
             log(f"{head}: done in {rec.get('wall_seconds', 0):.0f} s (PQ@0.5 {pq}, fit "
@@ -670,6 +683,7 @@ def bench_command(args) -> int:
     else:
         try:
             results = run_suite(suite, out, force=args.force, only=args.only,
+                                keep_checkpoints=args.keep_checkpoints,
                                 log=lambda m: print(m, file=sys.stderr, flush=True))
         except KeyboardInterrupt:
             print(f"interrupted: finished cells are kept in {out / 'cells'}; run the same command again to "

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import yaml
 
+# train.* settings that --resume lets change: the length of the run and its bookkeeping
+BOOKKEEPING_TRAIN_KEYS = ("iters", "checkpoint_every", "keep_checkpoints", "log_every", "monitor_every")
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process, MiB (Linux ru_maxrss is KiB)."""
@@ -61,11 +64,12 @@ def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool, defau
     if resume:
         a = {k: v for k, v in old.items() if k != "train"}
         b = {k: v for k, v in resolved.items() if k != "train"}
-        old_train = {k: v for k, v in old.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every", "monitor_every")}
-        new_train = {k: v for k, v in resolved.get("train", {}).items() if k not in ("iters", "checkpoint_every", "log_every", "monitor_every")}
+        old_train = {k: v for k, v in old.get("train", {}).items() if k not in BOOKKEEPING_TRAIN_KEYS}
+        new_train = {k: v for k, v in resolved.get("train", {}).items() if k not in BOOKKEEPING_TRAIN_KEYS}
         if a != b or old_train != new_train:
             raise FileExistsError(f"{run} holds a run with different settings; --resume continues only the same run "
-                                  f"(only train.iters may change). Compare {cfg_path}.")
+                                  f"(only train.iters and the bookkeeping settings "
+                                  f"{', '.join(BOOKKEEPING_TRAIN_KEYS[1:])} may change). Compare {cfg_path}.")
         return "resume"
     if force:
         return "replace"

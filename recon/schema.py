@@ -94,6 +94,7 @@ class TrainSettings:
     dice_off_iters: int = 1400           # stage 4: L_ins keeps only its BCE term from here (0 = never)
     detach_semantic_weights: bool = True # semantic loss does not move the geometry
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2            # numbered checkpoints kept besides last.pt (oldest deleted); 0 = all
     monitor_every: int = 0               # call fit's monitor hook (metric-vs-time) every N iterations; 0 = never
     log_every: int = 20
     seed: int = 0

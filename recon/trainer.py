@@ -228,7 +228,9 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Generator, fit_seconds: float,
-                    inst: InstanceState | None = None) -> Path:
+                    inst: InstanceState | None = None, keep: int = 0) -> Path:
+    """Write checkpoints/ckpt_<it>.pt and last.pt (a copy), each via a temporary file; then delete
+    all but the newest `keep` numbered checkpoints (keep 0 = delete none)."""
     ckpt_dir = run / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     path = ckpt_dir / f"ckpt_{it:06d}.pt"
@@ -246,6 +248,9 @@ def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Gener
     tmp.replace(path)
     shutil.copyfile(path, ckpt_dir / "last.pt.tmp")
     (ckpt_dir / "last.pt.tmp").replace(ckpt_dir / "last.pt")
+    if keep > 0:
+        for old in sorted(ckpt_dir.glob("ckpt_*.pt"))[:-keep]:   # zero-padded names sort by iteration
+            old.unlink()
     return path
 
 
@@ -395,16 +400,18 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
                 log.scalars(done, {f"monitor/{k}": float(v) for k, v in mvals.items()})
                 t0 += time.perf_counter() - t_pause          # monitoring is not fit time
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
-                save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst)
+                save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
+                                keep=s.train.keep_checkpoints)
     except KeyboardInterrupt:
         bar.close()
-        save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst)
+        save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
+                        keep=s.train.keep_checkpoints)
         log.info(f"interrupted after iteration {done}: checkpoint saved; continue with 'fit --resume'")
         log.close()
         raise
     bar.close()
     fit_seconds += time.perf_counter() - t0
-    save_checkpoint(run, done, model, opt, gen, fit_seconds, inst)
+    save_checkpoint(run, done, model, opt, gen, fit_seconds, inst, keep=s.train.keep_checkpoints)
     log.info(f"trained {done} iterations in {fit_seconds:.1f} s"
              + (" (last losses: " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items()) + ")" if vals else ""))
     if done < s.train.iters:

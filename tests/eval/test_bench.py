@@ -55,6 +55,9 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [p["iter"] for p in status["ours"]["curve"]] == [4, 8]          # monitor/ rows of metrics.csv
     assert len(status["fusion"]["curve"]) == 1 and status["fusion"]["curve"][0]["iter"] == 0
     assert status["ours"]["config"]["train"]["seed"] == 0
+    # a finished fit keeps its outputs but not its checkpoints
+    ours_run = out / "cells" / "room-realistic-s0__ours" / "run"
+    assert (ours_run / "mesh.ply").is_file() and not (ours_run / "checkpoints").exists()
     # results.json is strict JSON and matches its schema
     on_disk = json.loads((out / "results.json").read_text())
     assert validate(on_disk, SCHEMA) == []

@@ -35,11 +35,14 @@ def _settings(*extra: str) -> FitSettings:
 
 def test_fit_writes_run_folder(tiny_scene, tmp_path):
     run = tmp_path / "run"
-    res = fit(tiny_scene, run, _settings("train.iters=8", "train.checkpoint_every=4"), progress=False)
+    res = fit(tiny_scene, run, _settings("train.iters=8", "train.checkpoint_every=2", "train.keep_checkpoints=2"),
+              progress=False)
     assert res.iterations == 8
     for name in ("config.yaml", "log.txt", "metrics.csv", "mesh.ply", "mesh_semantic.ply", "legend.json",
-                 "timing.json", "checkpoints/last.pt", "checkpoints/ckpt_000004.pt"):
+                 "timing.json", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
+    # checkpoints at 2, 4, 6 and the final 8: only the newest two numbered ones are kept
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt_*.pt")) == ["ckpt_000006.pt", "ckpt_000008.pt"]
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("iter,loss/sdf") and len(rows) == 1 + 4
     again = load_config(FitSettings, run / "config.yaml")
