@@ -13,6 +13,7 @@ import os
 import tempfile
 import types
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -217,6 +218,26 @@ def swap_dir_into_place(tmp: Path, out: Path) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(out: Path):
+    """Build a folder that replaces `out` only once it is complete.
+
+    Yields a new empty temporary folder beside `out`. When the block ends normally the folder is
+    swapped into place (swap_dir_into_place); when it raises, the temporary folder is deleted and
+    `out`, if it existed, is left as it was.
+    """
+    import shutil
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        swap_dir_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -43,8 +43,6 @@ Units: metres; poses camera-to-world with OpenCV axes; depth is z-depth.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +53,7 @@ import yaml
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from recon.config import atomic_write_text, swap_dir_into_place
+from recon.config import atomic_write_text, staged_dir
 from recon.data.run_labels import write_label_images
 from recon.data.scene import Scene, SceneError, load_scene
 from recon.meshing import write_ply
@@ -426,9 +424,7 @@ def run_fusion_baseline(scene_dir: str | Path, out_run: str | Path, voxel_size_m
     scene = load_scene(scene_dir)
     idx = _check_scene(scene, s.split)
     names = {c.id: c.name for c in scene.classes}
-    out_run.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_run.name}.", suffix=".tmp", dir=out_run.parent))
-    try:
+    with staged_dir(out_run) as tmp:
         t0 = time.perf_counter()
         geo = tsdf_fusion([scene.load_depth_m(i) for i in idx], [scene.load_color(i) for i in idx], scene.K,
                           [scene.c2w[i] for i in idx], s.voxel_size_m, trunc_m=s.trunc_m, depth_max_m=s.depth_max_m)
@@ -473,9 +469,5 @@ def run_fusion_baseline(scene_dir: str | Path, out_run: str | Path, voxel_size_m
                   "render_seconds": round(render_s, 2),
                   "n_frames_fused": len(idx)}
         atomic_write_text(tmp / "timing.json", json.dumps(timing, indent=1) + "\n")
-        swap_dir_into_place(tmp, out_run)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {out_run}")
     return out_run

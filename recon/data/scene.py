@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from recon.config import swap_dir_into_place
+from recon.config import staged_dir
 
 FRAME_ID_RE = re.compile(r"^\d{6}$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -569,9 +569,7 @@ def write_scene(out: str | Path, *, K: np.ndarray, frames: Iterable[FrameRecord]
         raise FileExistsError(f"{out} already exists; pass overwrite (--force) to replace it")
     K = np.asarray(K, dtype=np.float64)
     assert K.shape == (3, 3), f"K must be [3, 3], got {K.shape}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         for sub in ("color", "depth", "pose"):
             (tmp / sub).mkdir(parents=True)
         size = None
@@ -600,10 +598,6 @@ def write_scene(out: str | Path, *, K: np.ndarray, frames: Iterable[FrameRecord]
             gt_mesh_writer(tmp / "gt" / "mesh.ply")
         if validate:
             load_scene(tmp)
-        swap_dir_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from recon.config import atomic_write_text, swap_dir_into_place
+from recon.config import atomic_write_text, staged_dir
 from recon.export.collision import MIN_FACES
 from recon.export.frames import UpFrame, find_up_frame, is_floor_name
 from recon.export.meshes import COLOR_MODES, vertex_colors
@@ -81,12 +80,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, collisi
         f"{frame.floor_height_m:.4f} m along it ({frame.source})")
     colors = vertex_colors(mesh.rgb, mesh.semantic, mesh.instance,
                            {c.id: c.color for c in mesh.legend.values()}, color_by)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         if fmt == "gazebo":
             from recon.export.gazebo import write_gazebo
             body = write_gazebo(tmp, mesh, parts, frame, colors, int(collision_faces), log)
@@ -104,10 +98,6 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, collisi
         }
         atomic_write_text(tmp / "export.json", json.dumps(manifest, indent=1) + "\n")
         _make_readable(tmp)
-        swap_dir_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"export: wrote {out} ({fmt}, {len(parts)} parts) in {time.perf_counter() - t0:.1f} s")
     return out
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from recon.config import ConfigError, load_config, save_config, to_dict
+from recon.config import ConfigError, load_config, save_config, staged_dir, to_dict
 
 
 @dataclass
@@ -52,3 +52,26 @@ def test_bad_yaml_key_names_the_file(tmp_path):
         load_config(Outer, f)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_staged_dir_replaces_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    # a failure inside the block: the old folder is untouched and no temporary folder is left
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_dir(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    # success: the new folder replaces the old one, nothing else remains
+    with staged_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp != out
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    # a folder that did not exist is created (parents too)
+    with staged_dir(tmp_path / "a" / "b") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "a" / "b" / "x").read_text() == "x"
