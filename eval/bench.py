@@ -617,6 +617,9 @@ def collect_results(suite: Suite, out: Path) -> dict:
             status = "failed" if rec.get("error") else "pending"   # interrupted without a record
         metrics = rec.get("metrics") or {}
         summary = summary_of(metrics)
+        threads = (metrics.get("timing") or {}).get("threads")
+        if threads is None and (cell_dir / "run" / "timing.json").is_file():   # cells evaluated by older code
+            threads = json.loads((cell_dir / "run" / "timing.json").read_text()).get("threads")
         cells_out.append({
             "cell_id": cell.cell_id, "scene": cell.scene_key, "scene_group": cell.scene.group(),
             "scene_spec": json_clean(asdict(cell.scene)), "method": cell.method.name,
@@ -624,7 +627,7 @@ def collect_results(suite: Suite, out: Path) -> dict:
             "status": status, "config_hash": rec.get("config_hash") or None, "error": rec.get("error"),
             "traceback": rec.get("traceback"), "wall_seconds": rec.get("wall_seconds"),
             "fit_seconds": summary["fit_seconds"], "iterations": summary["iterations"],
-            "peak_rss_mb": summary["peak_rss_mb"], "started": rec.get("started"),
+            "peak_rss_mb": summary["peak_rss_mb"], "threads": threads, "started": rec.get("started"),
             "git": rec.get("git"), "machine": rec.get("machine"), "config": spec.get("config"),
             "monitor_frames": spec.get("monitor_frames"), "summary": summary, "metrics": metrics,
             "curve": rec.get("curve") or [], "run": os.path.relpath(cell_dir / "run", out),

@@ -184,6 +184,28 @@ def _settings_text(spec: dict) -> str:
     return cfg
 
 
+def provenance_lines(cells: list[dict]) -> list[str]:
+    """Report lines saying at which commits the done cells were computed and with how many fit threads."""
+    commits: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    for c in cells:
+        if c["status"] != "done":
+            continue
+        git = c.get("git") or {}
+        key = f"`{(git.get('commit') or 'unknown')[:10]}`" + (" (uncommitted changes)" if git.get("dirty") else "")
+        commits[key] = commits.get(key, 0) + 1
+        if c["method_kind"] == "fit":
+            t = str(c.get("threads")) if c.get("threads") else "unknown"
+            threads[t] = threads.get(t, 0) + 1
+    out = []
+    if commits:
+        out.append("- done cells computed at commit " + ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in commits.items()))
+    if threads:
+        out.append("- torch threads per fit: " + ", ".join(f"{k} ({n} fit{'s' * (n != 1)})" for k, n in threads.items())
+                   + "; fit s is that process's training time, so compare fits run with the same threads")
+    return out
+
+
 def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: str = "",
                     regenerate: str | None = None) -> str:
     """The report text; figures: scene key -> PNG file names (relative to image_prefix)."""
@@ -192,11 +214,12 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
     n = {s: sum(1 for c in cells if c["status"] == s) for s in ("done", "failed", "pending")}
     lines = [f"# Benchmark: suite `{results['suite']}`", ""] + \
         ([results["description"], ""] if results.get("description") else []) + [
-             f"- generated {results['created']} at commit `{git.get('commit') or 'unknown'}`"
+             f"- report generated {results['created']} by commit `{git.get('commit') or 'unknown'}`"
              f"{' (with uncommitted changes)' if git.get('dirty') else ''}",
              f"- machine: {mach.get('cpu') or '?'}, {mach.get('cpu_count')} cores, {mach.get('memory_gb')} GB, "
              f"GPU {mach.get('gpu') or 'none'}; Python {mach.get('python')}, torch {mach.get('torch')}",
-             f"- cells: {n['done']} done, {n['failed']} failed, {n['pending']} not run",
+             f"- cells: {n['done']} done, {n['failed']} failed, {n['pending']} not run"] + \
+        provenance_lines(cells) + [
              "- methods: " + "; ".join(f"`{m['name']}` = {m['label']}"
                                        + (f" (`{' '.join(m['overrides'])}`)" if m["overrides"] else "")
                                        for m in results["methods"]),
@@ -252,13 +275,17 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
     for scene, names in figures.items():
         if names:
             lines += [f"### {scene}", ""] + [f"![{n}]({image_prefix}{n})" for n in names] + [""]
-    bad = [c for c in cells if c["status"] != "done"]
-    if bad:
-        lines += ["## Failed and pending cells", "", "| cell | status | error |", "|---|---|---|"]
-        for c in bad:
+    failed = [c for c in cells if c["status"] == "failed"]
+    pending = [c for c in cells if c["status"] == "pending"]
+    if failed:
+        lines += ["## Failed cells", "", "| cell | status | error |", "|---|---|---|"]
+        for c in failed:
             err = (c.get("error") or "").splitlines()[0][:200] if c.get("error") else ""
             lines.append(f"| {c['cell_id']} | {c['status']} | {err.replace('|', '/')} |")
         lines.append("")
+    if pending:
+        lines += ["## Cells not run yet", "", f"{len(pending)} cells; the same bench command computes them "
+                  "(done cells are kept): " + ", ".join(f"`{c['cell_id']}`" for c in pending), ""]
     return "\n".join(lines) + "\n"
 
 

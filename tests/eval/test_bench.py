@@ -70,6 +70,10 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
         assert png.name in report
     assert "| room-realistic-s0 | ours |" in report and "|  | TSDF fusion + voting |" in report
     assert "room-realistic-s0__broken | failed" in report
+    # provenance: the commit the cells were computed at and the fit's torch threads
+    assert "- done cells computed at commit `" in report and "(2 cells)" in report
+    assert status["ours"]["threads"] >= 1 and status["fusion"]["threads"] is None
+    assert f"- torch threads per fit: {status['ours']['threads']} (1 fit)" in report
 
     # resume: the done cells are skipped untouched, the failed one is tried again
     stamps = {m: (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns
@@ -93,6 +97,12 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "](docs/bench/curves_room-realistic-s0.png)" in md and "--publish" in md
     assert (repo / "docs" / "bench" / "panoptic_room-realistic-s0.png").is_file()
     assert validate(json.loads((repo / "docs" / "bench" / "results.json").read_text()), SCHEMA) == []
+    # a suite with cells never run lists them as not run yet
+    bigger = replace(tiny_suite(), seeds=(0, 1))
+    res3 = run_suite(bigger, out, isolate=False, progress=False, only="*-s0__*", log=lines.append)
+    assert [c["status"] for c in res3["cells"]][3:] == ["pending"] * 3
+    report = (out / "report.md").read_text()
+    assert "## Cells not run yet" in report and "`room-realistic-s1__ours`" in report
 
 
 def test_dead_worker_is_recorded_as_failed(tmp_path):
