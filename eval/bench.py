@@ -617,8 +617,8 @@ def collect_results(suite: Suite, out: Path) -> dict:
             status = "failed" if rec.get("error") else "pending"   # interrupted without a record
         metrics = rec.get("metrics") or {}
         summary = summary_of(metrics)
-        threads = (metrics.get("timing") or {}).get("threads")
-        if threads is None and (cell_dir / "run" / "timing.json").is_file():   # cells evaluated by older code
+        threads = None    # the fit's torch threads (RUN/timing.json; metrics.json keeps the timing keys)
+        if (cell_dir / "run" / "timing.json").is_file():
             threads = json.loads((cell_dir / "run" / "timing.json").read_text()).get("threads")
         cells_out.append({
             "cell_id": cell.cell_id, "scene": cell.scene_key, "scene_group": cell.scene.group(),

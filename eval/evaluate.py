@@ -251,8 +251,6 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         t = json.loads(timing_path.read_text())
         metrics["timing"] = {"fit_seconds": t["fit_seconds"], "iterations": t["iterations"],
                              "peak_rss_mb": t["peak_rss_mb"]}
-        if "threads" in t:
-            metrics["timing"]["threads"] = t["threads"]            # torch threads the fit ran with
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     log(f"wrote {run / 'metrics.json'}")
