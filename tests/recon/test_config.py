@@ -2,7 +2,6 @@
 from dataclasses import dataclass, field
 
 import pytest
-import yaml
 
 from recon.config import ConfigError, load_config, save_config, staged_dir, to_dict
 
