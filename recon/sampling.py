@@ -143,8 +143,8 @@ def sample_rays(bank: FrameBank, n_rays: int, n_frames: int, gen: torch.Generato
     per mask (`mask_balanced_weights`, with replacement; `with_stuff`: each stuff class region
     is one more segment), so that small objects get enough samples for the per-frame
     assignment; the rest, and all rays of a frame without any such segment, uniformly over the
-    image. The weights are recomputed per sampled frame (a torch.unique over its pixels, about
-    1 ms at 160x120 against a step of about 0.9 s) rather than stored as [F, P] floats."""
+    image. The weights are recomputed per sampled frame (a torch.unique over its pixels: 4 ms
+    at 160x120 on one busy core, about 2 % of a 0.9 s step) rather than stored as [F, P] floats."""
     assert 0.0 <= mask_fraction <= 1.0, f"mask_fraction must be in [0, 1], got {mask_fraction}"
     n_frames = min(n_frames, bank.n_frames)
     frames = torch.randperm(bank.n_frames, generator=gen)[:n_frames]      # [n_frames]
