@@ -225,6 +225,19 @@ def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# where a fit runs does not make it another cell (cells computed before the key existed keep their hash)
+UNHASHED_TRAIN_KEYS = ("device",)
+
+
+def hashed_spec(spec: dict) -> dict:
+    """The part of a cell spec that decides resume: all but the scene folder's path and UNHASHED_TRAIN_KEYS."""
+    out = {k: v for k, v in spec.items() if k != "scene_dir"}
+    train = out.get("config", {}).get("train") if isinstance(out.get("config"), dict) else None
+    if isinstance(train, dict):
+        out["config"] = {**out["config"], "train": {k: v for k, v in train.items() if k not in UNHASHED_TRAIN_KEYS}}
+    return out
+
+
 def json_clean(obj):
     """NaN / inf -> None, tuples -> lists, numpy scalars -> Python (strict JSON)."""
     if isinstance(obj, dict):
@@ -382,7 +395,7 @@ def prepare_cell(suite: Suite, cell: Cell, scene_dir: Path, cell_dir: Path) -> d
         spec["config"] = {"method": "fusion_baseline", "voxel_size_m": suite.fusion_voxel_size_m}
     else:
         raise ValueError(f"method {cell.method.name}: unknown kind {cell.method.kind!r} (fit | fusion)")
-    spec["config_hash"] = config_hash({k: v for k, v in spec.items() if k not in ("scene_dir",)})
+    spec["config_hash"] = config_hash(hashed_spec(spec))
     atomic_write_text(cell_dir / "spec.json", json.dumps(spec, indent=1) + "\n")
     return spec
 

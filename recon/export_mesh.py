@@ -58,8 +58,8 @@ def observed_mask(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_z: l
 
 
 @torch.no_grad()
-def _chunked(fn, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = [fn(torch.from_numpy(x[i:i + chunk]).float()).cpu().numpy() for i in range(0, len(x), chunk)]
+def _chunked(fn, x: np.ndarray, chunk: int = 65536, device: torch.device | str = "cpu") -> np.ndarray:
+    out = [fn(torch.from_numpy(x[i:i + chunk]).float().to(device)).cpu().numpy() for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros((0,))
 
 
@@ -72,18 +72,18 @@ def vertex_attributes(model, vertices: np.ndarray, offset_m: float, chunk: int =
     from recon.labels import point_labels
     normals, rgb, sem, tok, conf = [], [], [], [], []
     for i in range(0, len(vertices), chunk):
-        x = torch.from_numpy(vertices[i:i + chunk]).float()
+        x = torch.from_numpy(vertices[i:i + chunk]).float().to(model.device)
         _, grad = model.sdf_and_grad(x)
         n = torch.nn.functional.normalize(grad.detach(), dim=-1)
         with torch.no_grad():
             xin = x - offset_m * n
             _, geo = model.sdf(xin)
-            rgb.append(model.color(geo).clamp(0, 1).numpy())
+            rgb.append(model.color(geo).clamp(0, 1).cpu().numpy())
             c, t, p = point_labels(model, branch, head, xin)
-            sem.append(c.numpy())
-            tok.append(t.numpy())
-            conf.append(p.numpy())
-        normals.append(n.numpy())
+            sem.append(c.cpu().numpy())
+            tok.append(t.cpu().numpy())
+            conf.append(p.cpu().numpy())
+        normals.append(n.cpu().numpy())
     if not normals:
         return {"normals": np.zeros((0, 3)), "rgb": np.zeros((0, 3)), "semantic": np.zeros((0,), np.int64),
                 "token": np.zeros((0,), np.int64), "confidence": np.zeros((0,))}
@@ -152,7 +152,7 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bra
     c2w = bank.c2w.double().numpy()
 
     def sdf_fn(pts: np.ndarray) -> np.ndarray:
-        return _chunked(lambda x: model.sdf(x)[0], pts.astype(np.float32))
+        return _chunked(lambda x: model.sdf(x)[0], pts.astype(np.float32), device=model.device)
 
     def keep_fn(pts: np.ndarray) -> np.ndarray:
         return observed_mask(pts, bank.K, c2w, depth_z, s.mesh.cull_margin_m)

@@ -66,7 +66,7 @@ class InstanceBranch(nn.Module):
         """(class id [N] long of each token = thing_ids[argmax l_SI], its sigmoid probability [N])."""
         logits = self.class_logits()
         best = logits.argmax(-1)
-        ids = torch.tensor(self.thing_ids, dtype=torch.long)[best]
+        ids = torch.tensor(self.thing_ids, dtype=torch.long, device=best.device)[best]
         return ids, torch.sigmoid(logits.gather(1, best[:, None]).squeeze(1))
 
 
@@ -181,11 +181,15 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
 
     token_masks [R, N] rendered token masks Mbar. Per frame: the labelled pixels (semantic > 0)
     enter the cost and L_ins (unlabelled gaps between shrunken masks are left out); Hungarian
-    match; matched masks give the token targets of the panoptic loss."""
+    match; matched masks give the token targets of the panoptic loss.
+
+    The mask bookkeeping runs on the rays' device (the trainer passes the CPU batch); targets
+    move to token_masks' device, and pan_target [R] comes back there."""
     assert rays.semantic is not None and rays.instance is not None, "the rays carry no masks"
     R, N = token_masks.shape
     assert rays.semantic.shape == (R,), f"token_masks [R, N] and rays must agree, got {tuple(token_masks.shape)}"
-    pan_target = torch.full((R,), IGNORE, dtype=torch.long)
+    dev = token_masks.device
+    pan_target = torch.full((R,), IGNORE, dtype=torch.long, device=rays.semantic.device)
     l_ins, l_cls = token_masks.sum() * 0.0, token_masks.sum() * 0.0
     n_frames, n_masks, n_matched, costs = 0, 0, 0, []
     logits = branch.class_logits()                                                 # [N, C_thing]
@@ -194,11 +198,12 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
         sem, inst = rays.semantic[in_f], rays.instance[in_f]
         lab = torch.nonzero(sem > 0).reshape(-1)
         targets, classes, mask_ids = masks_from_frame(inst[lab], sem[lab], {}, branch.thing_ids, min_pixels)
+        targets, classes = targets.to(dev), classes.to(dev)
         mask_to_token: dict[int, int] = {}
         if lab.numel() > 0:
-            pred = token_masks[in_f[lab]].T                                        # [N, P]
-            cost = assignment_cost(pred.detach(), targets)                         # [L, N]
-            rows, cols = hungarian(cost)
+            pred = token_masks[in_f[lab].to(dev)].T                                # [N, P]
+            cost = assignment_cost(pred.detach(), targets).cpu()                   # [L, N] (small; one copy)
+            rows, cols = hungarian(cost)                                           # [K] each, on the CPU
             if strategy is not None:
                 strategy.after_assignment(it, rows, cols, cost, N)
             l_ins = l_ins + instance_loss(pred, targets, rows, cols, use_dice=use_dice)
@@ -211,5 +216,5 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
                 costs.append(float(cost[rows, cols].mean()))
         pan_target[in_f] = panoptic_targets(sem, inst, branch.stuff_index, mask_to_token, n_stuff=branch.n_stuff)
     k = max(n_frames, 1)
-    return AssignmentResult(l_ins / k, l_cls / k, pan_target, n_masks, n_matched,
+    return AssignmentResult(l_ins / k, l_cls / k, pan_target.to(dev), n_masks, n_matched,
                             float(np.mean(costs)) if costs else float("nan"))

@@ -40,7 +40,7 @@ def labels_from_distributions(branch: InstanceBranch | None, head: bool, sem_pro
     [M, C_stuff + N] (l_P or its rendering; used with the head)."""
     if branch is None:
         assert sem_probs is not None
-        return sem_probs.argmax(-1), torch.full(sem_probs.shape[:1], -1, dtype=torch.long)
+        return sem_probs.argmax(-1), torch.full(sem_probs.shape[:1], -1, dtype=torch.long, device=sem_probs.device)
     if head:
         assert pan_probs is not None and pan_probs.shape[-1] == branch.n_stuff + branch.tokens.n
         k = pan_probs.argmax(-1)                                                   # [M]
@@ -113,8 +113,8 @@ def render_frame_labels(model, branch: InstanceBranch | None, head: bool, bank, 
         tok[empty] = -1
         sems.append(sem)
         toks.append(tok)
-    return (torch.cat(sems).reshape(H, W).numpy().astype(np.int64),
-            torch.cat(toks).reshape(H, W).numpy().astype(np.int64))
+    return (torch.cat(sems).reshape(H, W).cpu().numpy().astype(np.int64),
+            torch.cat(toks).reshape(H, W).cpu().numpy().astype(np.int64))
 
 
 def read_token_ids(run: Path, n_tokens: int) -> np.ndarray:
@@ -160,7 +160,9 @@ def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: 
     without any observed depth (novel views): n_coarse uniform samples over [near, far], then
     regula-falsi refinement inside the bracketing interval. 0 where the ray crosses no surface."""
     assert origins.shape == dirs.shape and origins.ndim == 2 and origins.shape[1] == 3
-    z = torch.linspace(near_m, far_m, n_coarse)                                    # [S]
+    dev = model.device
+    origins, dirs = origins.to(dev), dirs.to(dev)
+    z = torch.linspace(near_m, far_m, n_coarse, device=dev)                        # [S]
     out = []
     for a in range(0, origins.shape[0], chunk):
         o, d = origins[a:a + chunk], dirs[a:a + chunk]
@@ -181,7 +183,7 @@ def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: 
             hi, s_hi = torch.where(pos, hi, t), torch.where(pos, s_hi, s_t)
         t = lo + (hi - lo) * s_lo / (s_lo - s_hi).clamp_min(1e-9)
         out.append(torch.where(hit, t, torch.zeros_like(t)))
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
 def depth_pixel_grid(height: int, width: int, stride: int) -> np.ndarray:

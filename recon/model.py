@@ -83,6 +83,11 @@ class SceneModel(nn.Module):
                                                 feat_dim=s.tokens.feat_dim, hidden=m.instance_hidden)
                                if with_instance else None)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the fields live (the box buffers move with them)."""
+        return self.box_min.device
+
     def box_dict(self) -> dict:
         return {"min": self.box_min_np.tolist(), "max": self.box_max_np.tolist()}
 

@@ -24,9 +24,9 @@ def render_frame(model, bank: FrameBank, row: int, s, far: float) -> dict[str, n
         z = sample_along_rays(rays.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
                               s.render.band_m, gen=None)
         out = render_rays(model, rays, z, s, with_grad=False, with_semantic=True)
-        rgb.append(out["rgb"])
-        depth.append(out["depth"] / bank.ray_scale[pix])                 # along-ray -> z-depth
-        sem.append(out["sem_probs"].argmax(-1))
+        rgb.append(out["rgb"].cpu())
+        depth.append(out["depth"].cpu() / bank.ray_scale[pix])           # along-ray -> z-depth
+        sem.append(out["sem_probs"].argmax(-1).cpu())
     return {"rgb": (torch.cat(rgb).clamp(0, 1).reshape(H, W, 3).numpy() * 255).round().astype(np.uint8),
             "depth_m": torch.cat(depth).reshape(H, W).numpy(),
             "semantic": torch.cat(sem).reshape(H, W).numpy().astype(np.int64)}

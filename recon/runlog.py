@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 # train.* settings that --resume lets change: the length of the run and its bookkeeping
-BOOKKEEPING_TRAIN_KEYS = ("iters", "checkpoint_every", "keep_checkpoints", "log_every", "monitor_every")
+BOOKKEEPING_TRAIN_KEYS = ("iters", "checkpoint_every", "keep_checkpoints", "log_every", "monitor_every", "device")
 
 
 def peak_rss_mb() -> float:

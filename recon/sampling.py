@@ -102,6 +102,15 @@ class RayBatch:
     semantic: torch.Tensor | None  # [R] long
     instance: torch.Tensor | None  # [R] long
 
+    def to(self, device: torch.device | str) -> "RayBatch":
+        """The same rays with every tensor on `device` (itself when already there)."""
+        if self.origins.device == torch.device(device):
+            return self
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)   # noqa: E731
+        return RayBatch(frame=mv(self.frame), pixel=mv(self.pixel), origins=mv(self.origins), dirs=mv(self.dirs),
+                        depth=mv(self.depth), rgb=mv(self.rgb), semantic=mv(self.semantic),
+                        instance=mv(self.instance))
+
 
 def rays_for_pixels(bank: FrameBank, frame: torch.Tensor, pixel: torch.Tensor) -> RayBatch:
     """World rays and targets of (frame row, flat pixel) pairs."""

@@ -99,6 +99,7 @@ class TrainSettings:
     log_every: int = 20
     seed: int = 0
     threads: int = 0                     # torch threads; 0 = all cores
+    device: str = "auto"                 # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from recon.config import ConfigError, atomic_write_text, load_config, save_config, to_dict
 from recon.data.scene import Scene, load_scene
+from recon.device import DeviceError, describe, resolve_device, synchronize
 from recon.instance import InstanceBranch, assignment_losses, init_tokens_from_bank, surface_points
 from recon.losses import depth_loss, eikonal_loss, rgb_loss, sdf_loss, semantic_loss
 from recon.panoptic import panoptic_loss, panoptic_probs
@@ -47,12 +48,14 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
     SDF gradient [M, 3] at a random `eik_fraction` of the samples (for the eikonal term).
     """
     R, S = z.shape
+    dev = model.device
+    rays, z = rays.to(dev), z.to(dev)                                               # no-op when already there
     pts = rays.origins[:, None, :] + rays.dirs[:, None, :] * z[..., None]          # [R, S, 3]
     flat = pts.reshape(-1, 3)
     out: dict[str, torch.Tensor] = {}
     if with_grad and eik_fraction > 0:
         n_eik = max(1, int(round(eik_fraction * R * S)))
-        pick = torch.randperm(R * S, generator=gen)[:n_eik]
+        pick = torch.randperm(R * S, generator=gen)[:n_eik].to(dev)                # CPU generator: same stream on any device
         _, grad = model.sdf_and_grad(flat[pick])
         out["grad"] = grad                                                          # [M, 3]
     sdf, geo = model.sdf(flat)
@@ -73,7 +76,7 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
             # semantic and instance fields there alone (a few samples per ray instead of all S)
             keep = torch.nonzero((w_lab > SEM_MIN_WEIGHT).reshape(-1)).reshape(-1)  # [M]
         else:
-            keep = torch.arange(R * S)
+            keep = torch.arange(R * S, device=dev)
         pts_k = flat[keep]                                                          # [M, 3]
 
         def scatter(vals: torch.Tensor) -> torch.Tensor:                            # [M, K] -> [R, S, K]
@@ -110,10 +113,12 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     """One optimisation step; returns the loss terms (and assignment statistics) as floats."""
     t, ls = s.train, s.loss
     labels_on = it >= t.geometry_only_iters and bank.semantic is not None
-    rays = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen,
-                       mask_fraction=t.mask_ray_fraction if labels_on else 0.0, with_stuff=t.mask_ray_stuff)
-    z = sample_along_rays(rays.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
-                          s.render.band_m, gen)
+    # rays and samples are drawn on the CPU (the bank and the generator live there), then moved
+    rays_cpu = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen,
+                           mask_fraction=t.mask_ray_fraction if labels_on else 0.0, with_stuff=t.mask_ray_stuff)
+    z = sample_along_rays(rays_cpu.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
+                          s.render.band_m, gen).to(model.device)
+    rays = rays_cpu.to(model.device)
     semantic_on = labels_on and ls.w_sem > 0
     inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
     pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0
@@ -124,7 +129,7 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     l_trunc, l_free = sdf_loss(out["sdf"], z, rays.depth, ls.trunc_m, ls.beta, valid)
     terms = {
         "sdf": l_trunc, "free": l_free,
-        "eik": eikonal_loss(out["grad"]) if "grad" in out else torch.zeros(()),
+        "eik": eikonal_loss(out["grad"]) if "grad" in out else torch.zeros((), device=model.device),
         "depth": depth_loss(out["depth"], rays.depth, valid),
         "rgb": rgb_loss(out["rgb"], rays.rgb),
     }
@@ -133,7 +138,7 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     stats: dict[str, float] = {}
     if inst_on:
         use_dice = t.dice_off_iters <= 0 or it < t.dice_off_iters
-        res = assignment_losses(inst.branch, out["token_masks"], rays, use_dice=use_dice,
+        res = assignment_losses(inst.branch, out["token_masks"], rays_cpu, use_dice=use_dice,
                                 min_pixels=s.tokens.min_mask_pixels, strategy=inst.strategy, it=it)
         terms["ins"], terms["cls"] = res.l_ins, res.l_cls
         if pan_on:
@@ -151,10 +156,10 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     if inst_on:
         inst.opt.step()
         if inst.strategy.due(it):
-            pts = surface_points(bank, s.tokens.adjust_points, gen)
+            pts = surface_points(bank, s.tokens.adjust_points, gen).to(model.device)
             with torch.no_grad():
                 A = inst.branch.probs(model.instance_keys(pts), pts)               # [M, N]
-            inst.strategy.step(it, inst.branch.tokens, pts, A, optimizer=inst.opt)
+            inst.strategy.step(it, inst.branch.tokens, pts.cpu(), A.cpu(), optimizer=inst.opt)
     vals = {k: float(v.detach()) for k, v in terms.items()}
     vals["total"] = float(total.detach())
     vals.update(stats)
@@ -201,13 +206,23 @@ def estimate_fit_bytes(scene: Scene, n_train: int, s: FitSettings, n_classes: in
                + n_points * per_point * (1 + eik) + (300 << 20))
 
 
-def check_memory(scene: Scene, n_train: int, s: FitSettings, n_classes: int) -> int:
+def check_memory(scene: Scene, n_train: int, s: FitSettings, n_classes: int,
+                 device: torch.device | None = None) -> int:
+    """Refuse settings whose estimated peak memory exceeds the limit: host memory (data.max_memory_gb,
+    else 80 % of what is available) and, on a CUDA device, 90 % of its memory (the frames stay on the host)."""
     need = estimate_fit_bytes(scene, n_train, s, n_classes)
     limit = s.data.max_memory_gb * (1 << 30) if s.data.max_memory_gb > 0 else 0.8 * available_memory_bytes()
     if need > limit:
         raise MemoryError_(f"these settings need about {need / (1 << 30):.1f} GiB (frames, hash grids with Adam "
                            f"state, per-step activations) but the limit is {limit / (1 << 30):.1f} GiB; lower "
                            "model.*_grid.log2_hashmap_size, train.rays_per_iter or the number of samples")
+    if device is not None and device.type == "cuda":
+        need_gpu = need - bank_bytes(n_train, scene.width, scene.height)
+        total = torch.cuda.get_device_properties(device).total_memory
+        if need_gpu > 0.9 * total:
+            raise MemoryError_(f"these settings need about {need_gpu / (1 << 30):.1f} GiB on {device} (hash grids "
+                               f"with Adam state, per-step activations) but it has {total / (1 << 30):.1f} GiB; lower "
+                               "model.*_grid.log2_hashmap_size or train.rays_per_iter, or use train.device=cpu")
     return need
 
 
@@ -318,7 +333,8 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
     resolved = to_dict(s)
     mode = check_run_folder(run, resolved, resume, force, defaults=to_dict(FitSettings()))
     train_idx = train_indices(scene, s)
-    check_memory(scene, len(train_idx), s, scene.n_classes)
+    dev = resolve_device(s.train.device)
+    check_memory(scene, len(train_idx), s, scene.n_classes, dev)
     if mode == "replace":
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
@@ -345,13 +361,15 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
     if s.tokens.enabled and scene.has_masks and not with_inst:
         log.info(f"{scene.root} has no thing classes: instance branch off")
     model = build_model_for_scene(scene, s, train_idx, box, with_instance=with_inst)
+    log.info(f"device: {describe(dev)}")
     bank = build_frame_bank(scene, train_idx, with_masks=True)
     far = far_plane(bank, s)
     inst: InstanceState | None = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        model.to(dev)                                     # before the optimisers: their state follows the params
         if with_inst:
-            inst = make_instance_state(restore_branch(ckpt["instance"], scene, s), s, log.info)
+            inst = make_instance_state(restore_branch(ckpt["instance"], scene, s).to(dev), s, log.info)
             inst.opt.load_state_dict(ckpt["instance"]["optimizer"])
             inst.strategy.load_state_dict(ckpt["instance"]["strategy"])
         opt = make_optimizer(model, s, inst.branch if inst else None)
@@ -362,10 +380,11 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
         log.info(f"resuming {run} at iteration {start_it}")
     else:
         log.info(f"fitting {scene.root} ({len(train_idx)} training frames of {len(scene)}) into {run}")
+        model.to(dev)
         if with_inst:
             tokens = init_tokens_from_bank(bank, scene.thing_ids(), s.tokens, gen, log=log.info)
-            inst = make_instance_state(InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens), s,
-                                       log.info)
+            branch0 = InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens).to(dev)
+            inst = make_instance_state(branch0, s, log.info)
         opt = make_optimizer(model, s, inst.branch if inst else None)
 
     t0 = time.perf_counter()
@@ -410,6 +429,7 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
         log.close()
         raise
     bar.close()
+    synchronize(dev)
     fit_seconds += time.perf_counter() - t0
     save_checkpoint(run, done, model, opt, gen, fit_seconds, inst, keep=s.train.keep_checkpoints)
     log.info(f"trained {done} iterations in {fit_seconds:.1f} s"
@@ -434,7 +454,9 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
         log.info(f"label images of all {len(scene)} frames in {time.perf_counter() - t_lab:.1f} s")
     timing = {"fit_seconds": round(fit_seconds, 2), "mesh_seconds": round(mesh_seconds, 2),
               "iterations": iters_done, "peak_rss_mb": round(peak_rss_mb(), 1),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "device": describe(dev)}
+    if dev.type == "cuda":
+        timing["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / (1 << 20), 1)
     atomic_write_text(run / "timing.json", json.dumps(timing, indent=1) + "\n")
     log.info(f"wrote {mesh_path} (meshing {mesh_seconds:.1f} s); peak memory {timing['peak_rss_mb']:.0f} MiB")
     log.close()
@@ -447,8 +469,10 @@ def load_run(run: Path) -> tuple[FitSettings, SceneModel, Scene]:
     return s, model, scene
 
 
-def load_run_full(run: Path) -> tuple[FitSettings, SceneModel, InstanceBranch | None, Scene]:
-    """Settings, trained model, instance branch (None without one) and scene of a run folder."""
+def load_run_full(run: Path, device: str | None = None
+                  ) -> tuple[FitSettings, SceneModel, InstanceBranch | None, Scene]:
+    """Settings, trained model, instance branch (None without one) and scene of a run folder, on
+    `device` (default: the run's train.device setting; "auto" = CUDA where available)."""
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     s = load_config(FitSettings, run / "config.yaml")
@@ -460,8 +484,9 @@ def load_run_full(run: Path) -> tuple[FitSettings, SceneModel, InstanceBranch | 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model = build_model_for_scene(scene, s, train_indices(scene, s), ckpt["box"], with_instance="instance" in ckpt)
     model.load_state_dict(ckpt["model"])
-    model.eval()
-    branch = restore_branch(ckpt["instance"], scene, s).eval() if "instance" in ckpt else None
+    dev = resolve_device(device if device is not None else s.train.device)
+    model.to(dev).eval()
+    branch = restore_branch(ckpt["instance"], scene, s).to(dev).eval() if "instance" in ckpt else None
     return s, model, branch, scene
 
 
@@ -473,7 +498,7 @@ def fit_command(args) -> int:
         s.data.skip_bad_frames = True
     try:
         fit(args.scene, args.out, s, resume=args.resume, force=args.force)
-    except MemoryError_ as exc:
+    except (MemoryError_, DeviceError) as exc:
         from recon.commands import UserError
         raise UserError(str(exc)) from exc
     return 0

@@ -238,8 +238,8 @@ class TokenAdjustStrategy:
         if clone_of:
             with torch.no_grad():
                 src = torch.tensor(clone_of, dtype=torch.long)
-                R = tokens.rotations().detach()[src]                               # [C, 3, 3]
-                longest = torch.argmax(tokens.log_scales.detach()[src], dim=1)    # [C]
+                R = tokens.rotations().detach().cpu()[src]                         # [C, 3, 3]
+                longest = torch.argmax(tokens.log_scales.detach().cpu()[src], dim=1)  # [C]
                 axis = R[torch.arange(src.shape[0]), :, longest]                  # [C, 3] unit column
                 offset[n_kept:] = axis * cfg.split_offset_m
         old_params = tokens.state_for_optimizer()

@@ -70,9 +70,11 @@ def hungarian(cost: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
 def matched_targets(targets: Tensor, n_tokens: int, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     """(M' [N, P] float: token cols[k] gets mask rows[k], others all zero;  matched [N] bool)."""
     assert targets.ndim == 2 and rows.shape == cols.shape
-    out = torch.zeros(n_tokens, targets.shape[1], dtype=torch.float32)
+    dev = targets.device
+    rows, cols = rows.to(dev), cols.to(dev)
+    out = torch.zeros(n_tokens, targets.shape[1], dtype=torch.float32, device=dev)
     out[cols] = targets[rows].float()
-    matched = torch.zeros(n_tokens, dtype=torch.bool)
+    matched = torch.zeros(n_tokens, dtype=torch.bool, device=dev)
     matched[cols] = True
     return out, matched
 
@@ -114,8 +116,8 @@ def class_loss(class_logits: Tensor, target_class: Tensor, cols: Tensor) -> Tens
     assert class_logits.ndim == 2 and target_class.shape == cols.shape, "class_logits [N, C], target [K], cols [K]"
     if cols.numel() == 0:
         return class_logits.sum() * 0.0
-    logits = class_logits[cols]                                                    # [K, C_thing]
-    onehot = F.one_hot(target_class.long(), class_logits.shape[1]).to(logits.dtype)
+    logits = class_logits[cols.to(class_logits.device)]                            # [K, C_thing]
+    onehot = F.one_hot(target_class.long(), class_logits.shape[1]).to(logits)
     return F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(-1).mean()
 
 
@@ -149,7 +151,7 @@ def masks_from_frame(instance_ids: Tensor, semantic: Tensor, scores: Mapping, th
         classes.append(thing_index[cls])
         mask_ids.append(mid)
     P = instance_ids.shape[0]
-    targets = torch.stack(rows) if rows else torch.zeros(0, P)
+    targets = torch.stack(rows) if rows else torch.zeros(0, P, device=instance_ids.device)
     return targets, torch.tensor(classes, dtype=torch.long), torch.tensor(mask_ids, dtype=torch.long)
 
 

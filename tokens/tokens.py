@@ -148,7 +148,7 @@ class InstanceTokens(nn.Module):
         defaults: identity rotation, scale 0.1 m, small random features). mean_offset_m
         [N_new, 3] is added to the new means (used to nudge clones). Returns index_map.
         """
-        index_map = torch.as_tensor(index_map, dtype=torch.long).reshape(-1)
+        index_map = torch.as_tensor(index_map, dtype=torch.long).reshape(-1).cpu()
         N_new = index_map.shape[0]
         assert bool((index_map < self.n).all()) and bool((index_map >= -1).all()), "index_map out of range"
         is_new = index_map < 0                                                     # [N_new]
@@ -163,19 +163,21 @@ class InstanceTokens(nn.Module):
         }
         with torch.no_grad():
             for name in PARAM_NAMES:
-                old = getattr(self, name).detach()
+                # rebuilt on the CPU (a few dozen rows), then put back on the parameter's device
+                dev = getattr(self, name).device
+                old = getattr(self, name).detach().cpu()
                 new = torch.zeros((N_new,) + tuple(old.shape[1:]), dtype=old.dtype)
                 new[~is_new] = old[index_map[~is_new]]
                 if n_fresh:
                     rows = fill[name] if name in fill else defaults[name](n_fresh)
-                    rows = torch.as_tensor(rows, dtype=old.dtype)
+                    rows = torch.as_tensor(rows, dtype=old.dtype).cpu()
                     assert rows.shape == (n_fresh,) + tuple(old.shape[1:]), \
                         f"fill['{name}'] must be {(n_fresh,) + tuple(old.shape[1:])}, got {tuple(rows.shape)}"
                     new[is_new] = rows
                 if name == "means" and mean_offset_m is not None:
                     assert mean_offset_m.shape == (N_new, 3)
-                    new = new + mean_offset_m.to(new.dtype)
-                setattr(self, name, nn.Parameter(new))
+                    new = new + mean_offset_m.to(dtype=new.dtype, device="cpu")
+                setattr(self, name, nn.Parameter(new.to(dev)))
         return index_map
 
     def add_tokens(self, means: Tensor, scales_m: Tensor | float, features: Tensor | None = None,
@@ -309,7 +311,7 @@ def resize_adam_state(optimizer: torch.optim.Optimizer, old_params: Sequence[Ten
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == old.shape and value.ndim >= 1:
                 moved = torch.zeros(new.shape, dtype=value.dtype, device=value.device)
-                moved[survivors] = value[index_map[survivors]]
+                moved[survivors.to(value.device)] = value[index_map[survivors].to(value.device)]
                 new_state[key] = moved
             else:
                 new_state[key] = value
