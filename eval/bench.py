@@ -630,9 +630,12 @@ def collect_results(suite: Suite, out: Path) -> dict:
             status = "failed" if rec.get("error") else "pending"   # interrupted without a record
         metrics = rec.get("metrics") or {}
         summary = summary_of(metrics)
-        threads = None    # the fit's torch threads (RUN/timing.json; metrics.json keeps the issue's timing keys)
-        if (cell_dir / "run" / "timing.json").is_file():
-            threads = json.loads((cell_dir / "run" / "timing.json").read_text()).get("threads")
+        threads, device = None, None   # the fit's torch threads and device (RUN/timing.json; metrics.json keeps
+        if (cell_dir / "run" / "timing.json").is_file():   # exactly the issue's timing keys)
+            timing = json.loads((cell_dir / "run" / "timing.json").read_text())
+            threads = timing.get("threads")
+            # fits from before train.device existed (no "device" key) ran on the CPU; the fusion baseline always does
+            device = timing.get("device") or "cpu"
         cells_out.append({
             "cell_id": cell.cell_id, "scene": cell.scene_key, "scene_group": cell.scene.group(),
             "scene_spec": json_clean(asdict(cell.scene)), "method": cell.method.name,
@@ -640,7 +643,8 @@ def collect_results(suite: Suite, out: Path) -> dict:
             "status": status, "config_hash": rec.get("config_hash") or None, "error": rec.get("error"),
             "traceback": rec.get("traceback"), "wall_seconds": rec.get("wall_seconds"),
             "fit_seconds": summary["fit_seconds"], "iterations": summary["iterations"],
-            "peak_rss_mb": summary["peak_rss_mb"], "threads": threads, "started": rec.get("started"),
+            "peak_rss_mb": summary["peak_rss_mb"], "threads": threads, "fit_device": device,
+            "started": rec.get("started"),
             "git": rec.get("git"), "machine": rec.get("machine"), "config": spec.get("config"),
             "monitor_frames": spec.get("monitor_frames"), "summary": summary, "metrics": metrics,
             "curve": rec.get("curve") or [], "run": os.path.relpath(cell_dir / "run", out),
@@ -655,8 +659,21 @@ def collect_results(suite: Suite, out: Path) -> dict:
                        "seeds": list(suite.seeds)},
         "methods": [{"name": m.name, "label": m.title(), "kind": m.kind, "overrides": list(m.overrides)}
                     for m in suite.methods],
+        "notes": read_notes(out),
         "cells": cells_out,
     })
+
+
+NOTES_FILE = "NOTES.md"
+
+
+def read_notes(out: Path) -> str | None:
+    """The bench folder's NOTES.md (the operator's words on how the cells were run), or None."""
+    p = Path(out) / NOTES_FILE
+    if not p.is_file():
+        return None
+    text = p.read_text(encoding="utf-8").strip()
+    return text or None
 
 
 def write_results(results: dict, out: Path) -> None:
@@ -668,18 +685,29 @@ def write_results(results: dict, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- command
 
+def publish_paths(suite_name: str) -> tuple[str, str]:
+    """(markdown file, figure folder) relative to the repository root: the standard suite is the
+    repository's BENCHMARKS.md + docs/bench/; any other suite gets its own pair, so publishing one
+    suite never overwrites another's report."""
+    if suite_name == "standard":
+        return "BENCHMARKS.md", "docs/bench"
+    return f"BENCHMARKS_{suite_name}.md", f"docs/bench_{suite_name}"
+
+
 def publish(results: dict, bench_dir: Path, repo: Path = ROOT, log=print) -> None:
-    """BENCHMARKS.md (repository root) + docs/bench/ (plots, results.json) from a bench folder."""
+    """The suite's report in the repository (publish_paths: BENCHMARKS.md + docs/bench/ for the
+    standard suite) with its plots and results.json, from a bench folder."""
     from eval.bench_report import write_report
-    docs = repo / "docs" / "bench"
+    md_rel, docs_rel = publish_paths(results["suite"])
+    docs = repo / docs_rel
     docs.mkdir(parents=True, exist_ok=True)
     for old in docs.glob("*.png"):
         old.unlink()
     slim = {**results, "cells": [{**c, "traceback": None} for c in results["cells"]]}  # errors stay, local paths go
     atomic_write_text(docs / "results.json", json.dumps(slim, indent=1, allow_nan=False) + "\n")
-    write_report(results, bench_dir, docs, md_path=repo / "BENCHMARKS.md", image_prefix="docs/bench/",
+    write_report(results, bench_dir, docs, md_path=repo / md_rel, image_prefix=f"{docs_rel}/",
                  regenerate=f"python run.py bench --suite {results['suite']} --out {bench_dir} --publish")
-    log(f"wrote {repo / 'BENCHMARKS.md'} and {docs}/")
+    log(f"wrote {repo / md_rel} and {docs}/")
 
 
 def bench_command(args) -> int:

@@ -60,6 +60,18 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def device_label(cell: dict) -> str:
+    """Short 'where the fit ran' for the tables: 'H100' (the GPU's model), 'CPU x1' (torch threads), '–'."""
+    dev = cell.get("fit_device")
+    if not dev:
+        return "–"
+    if dev.startswith("cuda"):
+        name = dev.split("(", 1)[1].split(",", 1)[0] if "(" in dev else "GPU"
+        words = [w for w in name.replace("NVIDIA", "").replace("GeForce", "").split() if w]
+        return words[0] if words else "GPU"
+    return f"CPU x{cell['threads']}" if cell.get("threads") else "CPU"
+
+
 def _scenes(results: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for c in results["cells"]:
@@ -188,6 +200,7 @@ def provenance_lines(cells: list[dict]) -> list[str]:
     """Report lines saying at which commits the done cells were computed and with how many fit threads."""
     commits: dict[str, int] = {}
     threads: dict[str, int] = {}
+    devices: dict[str, int] = {}
     for c in cells:
         if c["status"] != "done":
             continue
@@ -197,12 +210,17 @@ def provenance_lines(cells: list[dict]) -> list[str]:
         if c["method_kind"] == "fit":
             t = str(c.get("threads")) if c.get("threads") else "unknown"
             threads[t] = threads.get(t, 0) + 1
+            d = c.get("fit_device") or "unknown"
+            devices[d] = devices.get(d, 0) + 1
     out = []
     if commits:
         out.append("- done cells computed at commit " + ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in commits.items()))
     if threads:
         out.append("- torch threads per fit: " + ", ".join(f"{k} ({n} fit{'s' * (n != 1)})" for k, n in threads.items())
                    + "; fit s is that process's training time, so compare fits run with the same threads")
+    if devices:
+        out.append("- fit devices: " + "; ".join(f"{k} ({n} fit{'s' * (n != 1)})" for k, n in devices.items())
+                   + "; the tables' \"fit on\" column says which, and fit s compares only within one device")
     return out
 
 
@@ -227,32 +245,35 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
              "- metric definitions, thresholds and how they relate to the papers: eval/README.md"]
     if regenerate:
         lines.append(f"- regenerate: `{regenerate}`")
+    if results.get("notes"):
+        lines += ["", "## Notes", "", results["notes"]]
     lines += ["", "## Results", "",
               "2D metrics over all frames of the scene (one concatenated image); 3D at the observed GT mesh "
               "vertices; F1 at 5 cm and C-L1 against the observed GT surface; fit s = training (ours) or "
               "fusion (baseline) time; peak MB = peak resident memory of the cell's process.", "",
-              "| scene | method | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-              "|---|---|" + "---:|" * len(COLUMNS)]
+              "| scene | method | fit on | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+              "|---|---|---|" + "---:|" * len(COLUMNS)]
     for scene, group in _scenes(results).items():
         first = True
         for c in group:
             if c["status"] != "done":
                 continue
-            row = [scene if first else "", c["method_label"]] + [_fmt(c["summary"].get(k), d) for k, _, d in COLUMNS]
+            row = [scene if first else "", c["method_label"], device_label(c)] + \
+                [_fmt(c["summary"].get(k), d) for k, _, d in COLUMNS]
             lines.append("| " + " | ".join(row) + " |")
             first = False
     seeds = results["suite_spec"]["seeds"]
     if len(seeds) > 1:
         lines += ["", f"### Mean over seeds {', '.join(map(str, seeds))}", "",
-                  "| scene | method | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-                  "|---|---|---:|" + "---:|" * len(COLUMNS)]
+                  "| scene | method | fit on | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+                  "|---|---|---|---:|" + "---:|" * len(COLUMNS)]
         groups: dict[tuple[str, str], list[dict]] = {}
         for c in cells:
             if c["status"] == "done":
                 groups.setdefault((c["scene_group"], c["method_label"]), []).append(c)
         last = None
         for (sg, ml), cs in groups.items():
-            row = [sg if sg != last else "", ml, str(len(cs))] + \
+            row = [sg if sg != last else "", ml, ", ".join(sorted({device_label(c) for c in cs})), str(len(cs))] + \
                 [_fmt(_mean([c["summary"].get(k) for c in cs]), d) for k, _, d in COLUMNS]
             lines.append("| " + " | ".join(row) + " |")
             last = sg

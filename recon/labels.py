@@ -160,7 +160,7 @@ def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: 
     without any observed depth (novel views): n_coarse uniform samples over [near, far], then
     regula-falsi refinement inside the bracketing interval. 0 where the ray crosses no surface."""
     assert origins.shape == dirs.shape and origins.ndim == 2 and origins.shape[1] == 3
-    dev = model.device
+    dev = getattr(model, "device", origins.device)                                # SceneModel: where its fields are
     origins, dirs = origins.to(dev), dirs.to(dev)
     z = torch.linspace(near_m, far_m, n_coarse, device=dev)                        # [S]
     out = []

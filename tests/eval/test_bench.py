@@ -74,6 +74,13 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "- done cells computed at commit `" in report and "(2 cells)" in report
     assert status["ours"]["threads"] >= 1 and status["fusion"]["threads"] is None
     assert f"- torch threads per fit: {status['ours']['threads']} (1 fit)" in report
+    # and where each fit ran: timing.json's device for ours, the CPU for the fusion baseline, none for a crash
+    import torch
+    assert status["ours"]["fit_device"].startswith("cuda" if torch.cuda.is_available() else "cpu (")
+    assert status["fusion"]["fit_device"] == "cpu" and status["broken"]["fit_device"] is None
+    assert f"- fit devices: {status['ours']['fit_device']} (1 fit)" in report and "| fit on |" in report
+    assert res["notes"] is None and "## Notes" not in report
+    (out / "NOTES.md").write_text("The fits of this suite shared one machine.\n")
 
     # resume: the done cells are skipped untouched, the failed one is tried again
     stamps = {m: (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns
@@ -85,18 +92,26 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     for m, t in stamps.items():
         assert (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns == t
     assert [c["status"] for c in res2["cells"]] == ["done", "failed", "done"]
+    assert res2["notes"] == "The fits of this suite shared one machine."
+    assert "## Notes\n\nThe fits of this suite shared one machine." in (out / "report.md").read_text()
     # a changed setting invalidates exactly the cells it touches; --only restricts the run
     changed = replace(tiny_suite(), fusion_voxel_size_m=0.06)
     lines.clear()
     run_suite(changed, out, isolate=False, progress=False, only="*__fusion", log=lines.append)
     assert len([ln for ln in lines if ln.startswith("[")]) == 2 and any("fusion: done in" in ln for ln in lines)
-    # publishing: BENCHMARKS.md at the repository root with its plots and results.json under docs/bench/
+    # publishing: the standard suite is BENCHMARKS.md at the repository root with its plots and
+    # results.json under docs/bench/ (the tiny suite stands in for it here)
     repo = tmp_path / "repo"
-    publish(res2, out, repo=repo, log=lambda *_: None)
+    publish({**res2, "suite": "standard"}, out, repo=repo, log=lambda *_: None)
     md = (repo / "BENCHMARKS.md").read_text()
-    assert "](docs/bench/curves_room-realistic-s0.png)" in md and "--publish" in md
+    assert "](docs/bench/curves_room-realistic-s0.png)" in md and "--suite standard" in md and "--publish" in md
     assert (repo / "docs" / "bench" / "panoptic_room-realistic-s0.png").is_file()
     assert validate(json.loads((repo / "docs" / "bench" / "results.json").read_text()), SCHEMA) == []
+    # another suite publishes beside it, not over it
+    publish({**res2, "suite": "ablation"}, out, repo=repo, log=lambda *_: None)
+    assert (repo / "BENCHMARKS.md").read_text() == md
+    assert "](docs/bench_ablation/curves_room-realistic-s0.png)" in (repo / "BENCHMARKS_ablation.md").read_text()
+    assert (repo / "docs" / "bench" / "panoptic_room-realistic-s0.png").is_file()
     # a suite with cells never run lists them as not run yet
     bigger = replace(tiny_suite(), seeds=(0, 1))
     res3 = run_suite(bigger, out, isolate=False, progress=False, only="*-s0__*", log=lines.append)

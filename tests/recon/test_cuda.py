@@ -23,6 +23,7 @@ from recon.device import DeviceError, resolve_device
 from recon.meshing import read_ply
 from recon.schema import FitSettings
 from recon.trainer import fit, load_run_full
+from tests.tiny_settings import TINY_FIELDS
 
 CUDA = torch.cuda.is_available()
 
@@ -86,16 +87,9 @@ def make_box_scene(out: Path, n_frames: int = 12, W: int = 48, H: int = 36) -> P
     return write_scene(out, K=K, frames=frames, classes=CLASSES, meta={"name": "boxes", "source": "test"})
 
 
-TINY = [
-    "model.sdf_grid.n_levels=8", "model.sdf_grid.log2_hashmap_size=14", "model.sdf_grid.finest_cell_m=0.05",
-    "model.semantic_grid.n_levels=6", "model.semantic_grid.log2_hashmap_size=12",
-    "model.semantic_grid.finest_cell_m=0.1", "model.instance_grid.n_levels=6",
-    "model.instance_grid.log2_hashmap_size=12", "model.instance_grid.finest_cell_m=0.1",
-    "model.sdf_hidden=32", "model.semantic_hidden=16", "model.instance_hidden=16", "model.color_hidden=16",
-    "render.n_stratified=6", "render.n_surface=8", "train.rays_per_iter=384", "train.frames_per_iter=2",
+TINY = TINY_FIELDS + [
     "train.iters=240", "train.geometry_only_iters=20", "train.pan_start_iters=80", "train.dice_off_iters=200",
-    "train.log_every=1", "train.checkpoint_every=1000", "mesh.voxel_size_m=0.06", "tokens.feat_dim=8",
-    "tokens.class_dim=8", "tokens.n_init=4", "tokens.adjust_rules.every_iters=30",
+    "train.log_every=1", "train.checkpoint_every=1000", "tokens.n_init=4", "tokens.adjust_rules.every_iters=30",
     "tokens.adjust_rules.window_iters=30",
 ]
 

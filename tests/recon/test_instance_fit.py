@@ -17,6 +17,7 @@ from recon.data.synth.render import cast_frames, make_raycaster
 from recon.meshing import read_ply
 from recon.schema import FitSettings
 from recon.trainer import fit, load_run_full
+from tests.tiny_settings import TINY_FIELDS
 
 BOX_CENTRES = np.array([[-0.9, 0.0, 0.3], [0.9, 0.0, 0.3]])   # two 0.6 m cubes of class "box", 1.8 m apart
 CLASSES = [{"id": 1, "name": "floor", "thing": False, "prompts": ["floor"]},
@@ -71,16 +72,9 @@ def make_two_box_scene(out: Path, n_frames: int = 16, size: tuple[int, int] = (4
     return write_scene(out, K=K, frames=frames, classes=CLASSES, meta={"name": "two_boxes", "source": "test"})
 
 
-TINY_INSTANCE = [
-    "model.sdf_grid.n_levels=8", "model.sdf_grid.log2_hashmap_size=14", "model.sdf_grid.finest_cell_m=0.05",
-    "model.semantic_grid.n_levels=6", "model.semantic_grid.log2_hashmap_size=12",
-    "model.semantic_grid.finest_cell_m=0.1", "model.instance_grid.n_levels=6",
-    "model.instance_grid.log2_hashmap_size=12", "model.instance_grid.finest_cell_m=0.1",
-    "model.sdf_hidden=32", "model.semantic_hidden=16", "model.instance_hidden=16", "model.color_hidden=16",
-    "render.n_stratified=6", "render.n_surface=8", "train.rays_per_iter=384", "train.frames_per_iter=2",
+TINY_INSTANCE = TINY_FIELDS + [
     "train.iters=400", "train.geometry_only_iters=30", "train.pan_start_iters=150", "train.dice_off_iters=330",
     "loss.w_sem=0.5", "train.log_every=20", "train.checkpoint_every=1000", "train.threads=1",
-    "mesh.voxel_size_m=0.06", "tokens.feat_dim=8", "tokens.class_dim=8",
     # one spare token: the adjustment must remove (or starve) it; ids must still separate the boxes
     "tokens.n_init=3", "tokens.adjust_rules.every_iters=40", "tokens.adjust_rules.window_iters=40",
 ]
