@@ -300,7 +300,9 @@ def git_info(root: Path = ROOT) -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # the published reports themselves do not count as uncommitted changes (publishing rewrites them)
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)BENCHMARKS*.md",
+                 ":(exclude)docs/bench*")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
