@@ -193,3 +193,26 @@ def test_read_monitor_curve_last_row_wins(tmp_path):
         {"iter": 4, "fit_seconds": 1.7, "pq50": 11.0, "pq30": 21.0, "miou": 31.0, "mcov": 41.0},
         {"iter": 8, "fit_seconds": 3.0, "pq50": 12.0, "pq30": 22.0, "miou": 32.0, "mcov": 42.0}]
     assert read_monitor_curve(tmp_path / "absent.csv") == []
+
+
+def test_git_info_ignores_the_published_reports(tmp_path):
+    import shutil
+    import subprocess
+    from eval.bench import git_info
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "docs" / "bench").mkdir(parents=True)
+    for name in ("code.py", "BENCHMARKS.md", "docs/bench/results.json"):
+        (repo / name).write_text("v1\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert git_info(repo)["dirty"] is False
+    (repo / "BENCHMARKS.md").write_text("v2\n")
+    (repo / "docs" / "bench" / "results.json").write_text("v2\n")
+    assert git_info(repo)["dirty"] is False          # publishing rewrites these: not a code change
+    (repo / "code.py").write_text("v2\n")
+    info = git_info(repo)
+    assert info["dirty"] is True and len(info["commit"]) == 40
