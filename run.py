@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", type=Path, required=True)
     r.add_argument("--frames", default="eval", help="'eval', 'train', 'all' or a comma list of frame ids")
 
+    m = sub.add_parser("merge-fragments", help="merge small same-class fragment instances of a finished run",
+                       description="Post-process a finished run (no model needed): a small instance merges into the "
+                                   "same-class instance it touches on the mesh (recon/fragments.py); rewrites "
+                                   "mesh.ply, instances/, instances.json and labels/instance/ with one id map. "
+                                   "Runs fitted with panoptic.merge_fragments=true have it applied already.")
+    m.add_argument("--run", type=Path, required=True)
+    m.add_argument("--max-fraction", type=float, default=None,
+                   help="merge only below this share of the neighbour's vertices (default: the run's setting, 0.2)")
+    m.add_argument("--min-edges", type=int, default=None,
+                   help="shared mesh edges needed (default: the run's setting, 3)")
+
     g = sub.add_parser("segment", help="make 2D masks for a scene (Grounded-SAM or the simulator)",
                        description="Make masks/ (and classes.json) for a scene folder with Grounded-SAM "
                                    "(GroundingDINO boxes from a prompt table, a SAM mask per box), or with "
@@ -146,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from recon import commands  # imported late so that --help stays fast
-    handler = getattr(commands, f"cmd_{args.command}")
+    handler = getattr(commands, f"cmd_{args.command.replace('-', '_')}")
     try:
         return int(handler(args) or 0)
     except commands.UserError as exc:

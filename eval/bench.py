@@ -60,7 +60,9 @@ BENCH_VERSION = 2                     # bump when a cell's computation changes m
                                       # 2: synthetic GT meshes sample surfaces uniformly (5 cm)
 REF_TRAIN_FRAMES = 48                 # training frames of the room, for which configs/quick.yaml is tuned
 SCHEDULE_KEYS = ("iters", "geometry_only_iters", "pan_start_iters", "dice_off_iters")
-PL_OVERRIDES = ("tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false")
+# the Panoptic Lifting formulation: no spatial prior, fixed tokens, no panoptic head, and none of our post-processing
+PL_OVERRIDES = ("tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false",
+                "panoptic.merge_fragments=false")
 MONITOR_KEYS = ("pq50", "pq30", "miou", "mcov")
 
 
@@ -227,14 +229,50 @@ def config_hash(obj) -> str:
 
 # where a fit runs does not make it another cell (cells computed before the key existed keep their hash)
 UNHASHED_TRAIN_KEYS = ("device",)
+# the fragment-merging post-process, added after cells were computed: switched off it changes nothing
+# (and its parameters are unused), so such a cell keeps its identity and its finished fit stays reusable
+FRAGMENT_KEYS = ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges")
+
+
+def comparable_config(cfg: dict | None) -> dict | None:
+    """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
+    FRAGMENT_KEYS while panoptic.merge_fragments is off): what the cell hash and fit reuse compare."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = dict(cfg)
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in UNHASHED_TRAIN_KEYS}
+    pan = out.get("panoptic")
+    if isinstance(pan, dict) and not pan.get("merge_fragments", False):
+        out["panoptic"] = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
+    return out
+
+
+def fit_reuse(old_cfg: dict | None, new_cfg: dict) -> str:
+    """What a cell does with a finished fit whose RUN/config.yaml is old_cfg, for settings new_cfg:
+    "evaluate" (same result settings), "postprocess" (only the fragment-merging settings differ and
+    merging is switched on: merge the finished run's ids, then evaluate) or "refit"."""
+    if old_cfg is None:
+        return "refit"
+    if comparable_config(old_cfg) == comparable_config(new_cfg):
+        return "evaluate"
+
+    def without_post(cfg: dict) -> dict:
+        c = comparable_config(cfg)
+        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items() if k not in FRAGMENT_KEYS}}
+    old_merged = bool((old_cfg.get("panoptic") or {}).get("merge_fragments", False))
+    if without_post(old_cfg) == without_post(new_cfg) and new_cfg["panoptic"].get("merge_fragments") \
+            and not old_merged:
+        return "postprocess"
+    return "refit"
 
 
 def hashed_spec(spec: dict) -> dict:
-    """The part of a cell spec that decides resume: all but the scene folder's path and UNHASHED_TRAIN_KEYS."""
+    """The part of a cell spec that decides resume: all but the scene folder's path, with the config
+    reduced by comparable_config."""
     out = {k: v for k, v in spec.items() if k != "scene_dir"}
-    train = out.get("config", {}).get("train") if isinstance(out.get("config"), dict) else None
-    if isinstance(train, dict):
-        out["config"] = {**out["config"], "train": {k: v for k, v in train.items() if k not in UNHASHED_TRAIN_KEYS}}
+    if isinstance(out.get("config"), dict):
+        out["config"] = comparable_config(out["config"])
     return out
 
 
@@ -459,10 +497,19 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
         from recon.trainer import fit
         import yaml
         s = load_config(FitSettings, cell_dir / "fit.yaml")
-        same = (run / "config.yaml").is_file() and yaml.safe_load((run / "config.yaml").read_text()) == to_dict(s)
+        old = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+        reuse = fit_reuse(old, to_dict(s))
+        same = reuse == "evaluate"
         monitor = make_monitor(scene, frames) if frames else None
-        if same and (run / "timing.json").is_file() and (run / "mesh.ply").is_file():
+        finished = (run / "timing.json").is_file() and (run / "mesh.ply").is_file()
+        if same and finished:
             print(f"{run}: fit finished earlier with these settings; evaluating it", file=sys.stderr)
+        elif reuse == "postprocess" and finished and (run / "instances.json").is_file():
+            from recon.fragments import merge_run_fragments
+            print(f"{run}: fit finished earlier; merging fragments (new post-process settings), then evaluating",
+                  file=sys.stderr)
+            merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
+                                log=lambda m: print(m, file=sys.stderr))
         elif same and (run / "checkpoints" / "last.pt").is_file():
             fit(scene_dir, run, s, resume=True, progress=progress, monitor=monitor)  # interrupted earlier
         else:

@@ -91,6 +91,13 @@ def cmd_demo(args) -> int:
 
 
 @_guard
+def cmd_merge_fragments(args) -> int:
+    from recon.fragments import merge_run_fragments
+    merge_run_fragments(args.run, args.max_fraction, args.min_edges)
+    return 0
+
+
+@_guard
 def cmd_render(args) -> int:
     from recon.trainer import render_command
     return render_command(args)

@@ -142,6 +142,22 @@ def write_instances(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.nda
     return entries
 
 
+def merge_fragment_ids(faces: np.ndarray, inst: np.ndarray, sem: np.ndarray, token_ids: np.ndarray, p,
+                       log=print) -> tuple[np.ndarray, np.ndarray]:
+    """Apply recon/fragments.py's rule: (token -> id map [N], vertex ids [V]) with fragments merged and
+    ids renumbered 1..K; p = the panoptic settings. Logs every merge."""
+    from recon.fragments import fragment_merges, merged_id_map
+    merges = fragment_merges(faces, inst, sem, p.fragment_max_fraction, p.fragment_min_shared_edges)
+    if not merges:
+        return token_ids, inst
+    sizes = np.bincount(inst)
+    for k, v in sorted(merges.items()):
+        log(f"fragment merge: instance {k} ({sizes[k]} vertices, class {np.bincount(sem[inst == k]).argmax()}) "
+            f"into {v} ({sizes[v]} vertices)")
+    lut = merged_id_map(np.concatenate([token_ids, inst]), merges)
+    return lut[token_ids], lut[inst]
+
+
 def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None) -> Path:
     """Write RUN/mesh.ply (RGB colours, `semantic` and `instance` vertex properties), mesh_semantic.ply,
     mesh_panoptic.ply, legend.json and, with an instance branch, instances/ and instances.json."""
@@ -166,6 +182,8 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bra
     if branch is not None:
         token_ids = token_id_map(branch.tokens.n, attrs["token"])
         inst = apply_ids(attrs["token"], token_ids)
+        if s.panoptic.merge_fragments:
+            token_ids, inst = merge_fragment_ids(faces, inst, sem, token_ids, s.panoptic, log.info)
     else:
         token_ids, inst = np.zeros(0, np.int64), np.zeros(len(verts), np.int64)
     props = {"semantic": sem.astype(np.int32), "instance": inst.astype(np.int32)}

@@ -136,6 +136,10 @@ class TokenSettings:
 class PanopticSettings:
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
+    merge_fragments: bool = True         # post-process: a small instance merges into the same-class instance it
+                                         # touches on the mesh (recon/fragments.py; ours, not in the paper)
+    fragment_max_fraction: float = 0.2   # ... if it has fewer than this share of that instance's vertices
+    fragment_min_shared_edges: int = 3   # ... and shares at least this many mesh edges with it
 
 
 @dataclass

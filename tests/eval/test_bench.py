@@ -216,3 +216,27 @@ def test_git_info_ignores_the_published_reports(tmp_path):
     (repo / "code.py").write_text("v2\n")
     info = git_info(repo)
     assert info["dirty"] is True and len(info["commit"]) == 40
+
+
+def test_fit_reuse_decides_between_evaluate_postprocess_and_refit():
+    from eval.bench import fit_reuse
+    from recon.config import to_dict
+    from recon.schema import FitSettings
+    new = to_dict(FitSettings())                                     # merge_fragments on by default
+    assert new["panoptic"]["merge_fragments"] is True
+    old = json.loads(json.dumps(new))
+    assert fit_reuse(old, new) == "evaluate"
+    assert fit_reuse(None, new) == "refit"
+    old["train"]["device"] = "cuda"                                  # where it ran does not matter
+    assert fit_reuse(old, new) == "evaluate"
+    # a run from before fragment merging existed (no such keys): merge its ids, no refit
+    for k in ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges"):
+        del old["panoptic"][k]
+    assert fit_reuse(old, new) == "postprocess"
+    off = json.loads(json.dumps(new))
+    off["panoptic"]["merge_fragments"] = False
+    assert fit_reuse(old, off) == "evaluate"                         # merging off = the old behaviour
+    assert fit_reuse(new, off) == "refit"                            # merged ids cannot be un-merged
+    changed = json.loads(json.dumps(new))
+    changed["train"]["iters"] += 1
+    assert fit_reuse(old, changed) == "refit"

@@ -1,0 +1,169 @@
+"""Fragment merging: a post-process of the panoptic mesh (ours; not in the paper).
+
+What it fixes: after training, a few small tokens can own a piece of a large object (a sofa
+arm, a table corner) beside the token that owns the rest. The paper's duplicate rule (IoM
+with the enclosing rule, tokens/adjust.py) cannot see them: the argmax masks of the fragment
+and of its parent are disjoint, so their IoM is 0. Each such fragment is a false-positive
+segment for PQ.
+
+The rule, on the labelled mesh: instance i (|i| vertices, majority class c_i) merges into the
+instance j it shares the most mesh edges with, if c_j = c_i, they share at least
+`min_shared_edges` edges and |i| < max_fraction * |j|. Instances are visited from the smallest
+up (a merged fragment adds to its parent's size). Two objects of one class that touch are
+kept apart unless one is far smaller than the other.
+
+Merging only maps instance ids onto other ids of the same class, so the semantic labels do not
+change and semantic / instance labels stay consistent; the same id map goes into
+RUN/instances.json ("token_ids"), so the mesh, instances/ and every label image agree.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+
+def instance_adjacency(faces: np.ndarray, instance: np.ndarray) -> Counter:
+    """{(i, j): number of mesh edges with one end in instance i and the other in j} for i < j,
+    both > 0. faces [F, 3] vertex indices, instance [V] ids (0 = none). Each undirected edge counts once."""
+    assert faces.ndim == 2 and faces.shape[1] == 3, f"faces must be [F, 3], got {faces.shape}"
+    if len(faces) == 0:
+        return Counter()
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])      # [3F, 2]
+    e = np.unique(np.sort(e, axis=1), axis=0)                                       # undirected, once
+    a, b = instance[e[:, 0]], instance[e[:, 1]]
+    cross = (a != b) & (a > 0) & (b > 0)
+    pairs = np.sort(np.stack([a[cross], b[cross]], 1), axis=1)
+    if len(pairs) == 0:
+        return Counter()
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    return Counter({(int(p), int(q)): int(c) for (p, q), c in zip(uniq, counts)})
+
+
+def fragment_merges(faces: np.ndarray, instance: np.ndarray, semantic: np.ndarray, max_fraction: float,
+                    min_shared_edges: int) -> dict[int, int]:
+    """{fragment id: id it merges into} (chains resolved) by the rule of the module docstring.
+
+    faces [F, 3]; instance [V] ids (0 = none); semantic [V] class ids."""
+    instance = np.asarray(instance, np.int64)
+    semantic = np.asarray(semantic, np.int64)
+    assert instance.shape == semantic.shape and instance.ndim == 1
+    ids, sizes = np.unique(instance[instance > 0], return_counts=True)
+    if len(ids) < 2:
+        return {}
+    size = {int(i): int(n) for i, n in zip(ids, sizes)}
+    cls = {int(i): int(np.bincount(semantic[instance == i]).argmax()) for i in ids}
+    adj = instance_adjacency(faces, instance)
+    parent: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while i in parent:
+            i = parent[i]
+        return i
+
+    for i in sorted(size, key=lambda k: (size[k], k)):
+        if find(i) != i:
+            continue
+        shared: Counter = Counter()
+        for (p, q), c in adj.items():
+            rp, rq = find(p), find(q)
+            if rp == i and rq != i:
+                shared[rq] += c
+            elif rq == i and rp != i:
+                shared[rp] += c
+        best = None
+        for j, c in shared.items():
+            if cls[j] != cls[i] or c < min_shared_edges or not size[i] < max_fraction * size[j]:
+                continue
+            if best is None or (c, size[j], -j) > (best[1], size[best[0]], -best[0]):
+                best = (j, c)
+        if best is not None:
+            parent[i] = best[0]
+            size[best[0]] += size[i]
+    return {i: find(i) for i in parent}
+
+
+def merged_id_map(ids: np.ndarray, merges: dict[int, int]) -> np.ndarray:
+    """Old id -> new id lookup [max id + 1]: merged ids take their target's id, then the surviving ids
+    are renumbered 1..K in their old order (0 stays 0)."""
+    ids = np.asarray(ids, np.int64)
+    top = int(max(ids.max(initial=0), max(merges.values(), default=0), max(merges, default=0)))
+    lut = np.arange(top + 1, dtype=np.int64)
+    for k, v in merges.items():
+        lut[k] = v
+    survivors = sorted({int(v) for v in lut[1:]})
+    renumber = np.zeros(top + 1, np.int64)
+    renumber[survivors] = np.arange(1, len(survivors) + 1)
+    return renumber[lut]
+
+
+def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges: int | None = None,
+                        log=print) -> dict[int, int]:
+    """Apply fragment merging to a finished run folder, without its model (ids only change).
+
+    Rewrites RUN/mesh.ply (and mesh_semantic.ply / mesh_panoptic.ply where present), instances/ and
+    instances.json, and every labels/instance/*.png through one id map, each file atomically;
+    records the settings in config.yaml (panoptic.merge_fragments and its parameters) and log.txt.
+    Parameters default to the run's config values. Returns the merges (old id -> old id merged into)."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from recon.config import atomic_write_bytes, load_config, save_config
+    from recon.data.run_labels import png16_bytes
+    from recon.export_mesh import class_palette, instance_palette, write_instances
+    from recon.meshing import read_ply, write_ply
+    from recon.schema import FitSettings
+
+    run = Path(run)
+    for need in ("config.yaml", "mesh.ply", "instances.json", "legend.json"):
+        if not (run / need).is_file():
+            raise FileNotFoundError(f"{run} has no {need}: fragment merging needs a finished run with instances")
+    s = load_config(FitSettings, run / "config.yaml")
+    p = s.panoptic
+    p.fragment_max_fraction = p.fragment_max_fraction if max_fraction is None else float(max_fraction)
+    p.fragment_min_shared_edges = p.fragment_min_shared_edges if min_shared_edges is None else int(min_shared_edges)
+    verts, faces, colors, props = read_ply(run / "mesh.ply")
+    if "instance" not in props or "semantic" not in props:
+        raise ValueError(f"{run / 'mesh.ply'} has no 'instance' / 'semantic' vertex properties")
+    inst, sem = props["instance"].astype(np.int64), props["semantic"].astype(np.int64)
+    doc = json.loads((run / "instances.json").read_text())
+    token_ids = np.asarray(doc.get("token_ids") or [], np.int64)
+    merges = fragment_merges(faces, inst, sem, p.fragment_max_fraction, p.fragment_min_shared_edges)
+    sizes = np.bincount(inst)
+    for k, v in sorted(merges.items()):
+        log(f"fragment merge: instance {k} ({sizes[k]} vertices) into {v} ({sizes[v]} vertices)")
+    if merges:
+        lut = merged_id_map(np.concatenate([token_ids, inst, [0]]), merges)
+        # per-vertex confidence from the old instances' scores (merged instances average them by size)
+        score = {int(e["id"]): float(e["score"]) for e in doc.get("instances", [])}
+        conf = np.array([score.get(int(i), 0.0) for i in range(len(sizes))])[inst]
+        new_inst = lut[inst]
+        new_props = {**props, "instance": new_inst.astype(np.int32)}
+        write_ply(run / "mesh.ply", verts, faces, vertex_props=new_props, colors=colors)
+        pal = class_palette(int(sem.max(initial=0)) + 1)
+        for name in ("mesh_semantic.ply", "mesh_panoptic.ply"):
+            if (run / name).is_file():
+                v2, f2, c2, _ = read_ply(run / name)
+                if name == "mesh_panoptic.ply":
+                    legend = {e["id"]: e["color"] for e in json.loads((run / "legend.json").read_text())}
+                    sem_rgb = np.array([legend.get(int(c), pal[int(c)].tolist()) for c in sem], np.uint8)
+                    c2 = np.where((new_inst > 0)[:, None], instance_palette(new_inst), sem_rgb)
+                write_ply(run / name, v2, f2, vertex_props=new_props, colors=c2)
+        names = {int(e["id"]): e["name"] for e in json.loads((run / "legend.json").read_text())}
+        write_instances(run, verts, faces, colors if colors is not None else np.zeros((len(verts), 3), np.uint8),
+                        sem, new_inst, conf, names, lut[token_ids], p.min_instance_vertices)
+        for png in sorted((run / "labels" / "instance").glob("*.png")):
+            ids = np.asarray(Image.open(png)).astype(np.int64)
+            ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))
+            ext[:len(lut)] = lut
+            atomic_write_bytes(png, png16_bytes(ext[ids], png))
+    p.merge_fragments = True
+    save_config(s, run / "config.yaml")
+    line = (f"fragment merging (max_fraction {p.fragment_max_fraction}, min_shared_edges "
+            f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) {dict(sorted(merges.items()))}")
+    with open(run / "log.txt", "a") as fh:
+        fh.write(line + "\n")
+    log(line)
+    return merges
