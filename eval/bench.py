@@ -504,12 +504,13 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
         finished = (run / "timing.json").is_file() and (run / "mesh.ply").is_file()
         if same and finished:
             print(f"{run}: fit finished earlier with these settings; evaluating it", file=sys.stderr)
-        elif reuse == "postprocess" and finished and (run / "instances.json").is_file():
-            from recon.fragments import merge_run_fragments
+        elif reuse == "postprocess" and finished:
             print(f"{run}: fit finished earlier; merging fragments (new post-process settings), then evaluating",
                   file=sys.stderr)
-            merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
-                                log=lambda m: print(m, file=sys.stderr))
+            if (run / "instances.json").is_file():          # without an instance branch there is nothing to merge
+                from recon.fragments import merge_run_fragments
+                merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
+                                    log=lambda m: print(m, file=sys.stderr))
         elif same and (run / "checkpoints" / "last.pt").is_file():
             fit(scene_dir, run, s, resume=True, progress=progress, monitor=monitor)  # interrupted earlier
         else:

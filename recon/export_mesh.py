@@ -142,20 +142,15 @@ def write_instances(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.nda
     return entries
 
 
-def merge_fragment_ids(faces: np.ndarray, inst: np.ndarray, sem: np.ndarray, token_ids: np.ndarray, p,
-                       log=print) -> tuple[np.ndarray, np.ndarray]:
-    """Apply recon/fragments.py's rule: (token -> id map [N], vertex ids [V]) with fragments merged and
-    ids renumbered 1..K; p = the panoptic settings. Logs every merge."""
-    from recon.fragments import fragment_merges, merged_id_map
-    merges = fragment_merges(faces, inst, sem, p.fragment_max_fraction, p.fragment_min_shared_edges)
-    if not merges:
-        return token_ids, inst
-    sizes = np.bincount(inst)
-    for k, v in sorted(merges.items()):
-        log(f"fragment merge: instance {k} ({sizes[k]} vertices, class {np.bincount(sem[inst == k]).argmax()}) "
-            f"into {v} ({sizes[v]} vertices)")
-    lut = merged_id_map(np.concatenate([token_ids, inst]), merges)
-    return lut[token_ids], lut[inst]
+def write_label_meshes(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.ndarray, sem: np.ndarray,
+                       inst: np.ndarray, pal: np.ndarray) -> None:
+    """RUN/mesh.ply (RGB colours), mesh_semantic.ply (class colours) and mesh_panoptic.ply (instance colours
+    on things, class colours elsewhere), each with `semantic` and `instance` vertex properties."""
+    props = {"semantic": sem.astype(np.int32), "instance": inst.astype(np.int32)}
+    write_ply(run / "mesh.ply", verts, faces, vertex_props=props, colors=rgb)
+    write_ply(run / "mesh_semantic.ply", verts, faces, vertex_props=props, colors=pal[sem])
+    pan_rgb = np.where((inst > 0)[:, None], instance_palette(inst), pal[sem])
+    write_ply(run / "mesh_panoptic.ply", verts, faces, vertex_props=props, colors=pan_rgb)
 
 
 def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None) -> Path:
@@ -183,16 +178,15 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bra
         token_ids = token_id_map(branch.tokens.n, attrs["token"])
         inst = apply_ids(attrs["token"], token_ids)
         if s.panoptic.merge_fragments:
-            token_ids, inst = merge_fragment_ids(faces, inst, sem, token_ids, s.panoptic, log.info)
+            from recon.fragments import merge_fragment_ids
+            _, lut = merge_fragment_ids(faces, inst, sem, token_ids, s.panoptic, log.info)
+            if lut is not None:
+                token_ids, inst = lut[token_ids], lut[inst]
     else:
         token_ids, inst = np.zeros(0, np.int64), np.zeros(len(verts), np.int64)
-    props = {"semantic": sem.astype(np.int32), "instance": inst.astype(np.int32)}
     path = run / "mesh.ply"
-    write_ply(path, verts, faces, vertex_props=props, colors=rgb)
     pal = class_palette(scene.n_classes)
-    write_ply(run / "mesh_semantic.ply", verts, faces, vertex_props=props, colors=pal[sem])
-    pan_rgb = np.where((inst > 0)[:, None], instance_palette(inst), pal[sem])
-    write_ply(run / "mesh_panoptic.ply", verts, faces, vertex_props=props, colors=pan_rgb)
+    write_label_meshes(run, verts, faces, rgb, sem, inst, pal)
     legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
         {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]
     atomic_write_text(run / "legend.json", json.dumps(legend, indent=1) + "\n")

@@ -97,11 +97,27 @@ def merged_id_map(ids: np.ndarray, merges: dict[int, int]) -> np.ndarray:
     return renumber[lut]
 
 
+def merge_fragment_ids(faces: np.ndarray, inst: np.ndarray, sem: np.ndarray, token_ids: np.ndarray, p,
+                       log=print) -> tuple[dict[int, int], np.ndarray | None]:
+    """The rule applied to a labelled mesh (vertex ids inst [V], token -> id map token_ids [N]):
+    (merges, old id -> new id lookup, or None without merges; apply it to inst, token_ids and label
+    images alike). p = the panoptic settings (fragment_max_fraction, fragment_min_shared_edges).
+    Logs every merge."""
+    merges = fragment_merges(faces, inst, sem, p.fragment_max_fraction, p.fragment_min_shared_edges)
+    if not merges:
+        return merges, None
+    sizes = np.bincount(inst)
+    for k, v in sorted(merges.items()):
+        log(f"fragment merge: instance {k} ({sizes[k]} vertices, class {np.bincount(sem[inst == k]).argmax()}) "
+            f"into {v} ({sizes[v]} vertices)")
+    return merges, merged_id_map(np.concatenate([token_ids, inst]), merges)
+
+
 def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges: int | None = None,
                         log=print) -> dict[int, int]:
     """Apply fragment merging to a finished run folder, without its model (ids only change).
 
-    Rewrites RUN/mesh.ply (and mesh_semantic.ply / mesh_panoptic.ply where present), instances/ and
+    Rewrites RUN/mesh.ply, mesh_semantic.ply and mesh_panoptic.ply, instances/ and
     instances.json, and every labels/instance/*.png through one id map, each file atomically;
     records the settings in config.yaml (panoptic.merge_fragments and its parameters) and log.txt.
     Parameters default to the run's config values. Returns the merges (old id -> old id merged into)."""
@@ -112,8 +128,8 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
 
     from recon.config import atomic_write_bytes, load_config, save_config
     from recon.data.run_labels import png16_bytes
-    from recon.export_mesh import class_palette, instance_palette, write_instances
-    from recon.meshing import read_ply, write_ply
+    from recon.export_mesh import class_palette, write_instances, write_label_meshes
+    from recon.meshing import read_ply
     from recon.schema import FitSettings
 
     run = Path(run)
@@ -130,30 +146,18 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     inst, sem = props["instance"].astype(np.int64), props["semantic"].astype(np.int64)
     doc = json.loads((run / "instances.json").read_text())
     token_ids = np.asarray(doc.get("token_ids") or [], np.int64)
-    merges = fragment_merges(faces, inst, sem, p.fragment_max_fraction, p.fragment_min_shared_edges)
-    sizes = np.bincount(inst)
-    for k, v in sorted(merges.items()):
-        log(f"fragment merge: instance {k} ({sizes[k]} vertices) into {v} ({sizes[v]} vertices)")
-    if merges:
-        lut = merged_id_map(np.concatenate([token_ids, inst, [0]]), merges)
+    merges, lut = merge_fragment_ids(faces, inst, sem, token_ids, p, log)
+    if lut is not None:
+        new_tokens, new_inst = lut[token_ids], lut[inst]
         # per-vertex confidence from the old instances' scores (merged instances average them by size)
         score = {int(e["id"]): float(e["score"]) for e in doc.get("instances", [])}
-        conf = np.array([score.get(int(i), 0.0) for i in range(len(sizes))])[inst]
-        new_inst = lut[inst]
-        new_props = {**props, "instance": new_inst.astype(np.int32)}
-        write_ply(run / "mesh.ply", verts, faces, vertex_props=new_props, colors=colors)
-        pal = class_palette(int(sem.max(initial=0)) + 1)
-        for name in ("mesh_semantic.ply", "mesh_panoptic.ply"):
-            if (run / name).is_file():
-                v2, f2, c2, _ = read_ply(run / name)
-                if name == "mesh_panoptic.ply":
-                    legend = {e["id"]: e["color"] for e in json.loads((run / "legend.json").read_text())}
-                    sem_rgb = np.array([legend.get(int(c), pal[int(c)].tolist()) for c in sem], np.uint8)
-                    c2 = np.where((new_inst > 0)[:, None], instance_palette(new_inst), sem_rgb)
-                write_ply(run / name, v2, f2, vertex_props=new_props, colors=c2)
-        names = {int(e["id"]): e["name"] for e in json.loads((run / "legend.json").read_text())}
-        write_instances(run, verts, faces, colors if colors is not None else np.zeros((len(verts), 3), np.uint8),
-                        sem, new_inst, conf, names, lut[token_ids], p.min_instance_vertices)
+        conf = np.array([score.get(i, 0.0) for i in range(int(inst.max()) + 1)])[inst]
+        legend = json.loads((run / "legend.json").read_text())
+        pal = class_palette(max(int(e["id"]) for e in legend) + 1)       # the colours legend.json lists
+        rgb = colors if colors is not None else np.zeros((len(verts), 3), np.uint8)
+        write_label_meshes(run, verts, faces, rgb, sem, new_inst, pal)
+        write_instances(run, verts, faces, rgb, sem, new_inst, conf, {int(e["id"]): e["name"] for e in legend},
+                        new_tokens, p.min_instance_vertices)
         for png in sorted((run / "labels" / "instance").glob("*.png")):
             ids = np.asarray(Image.open(png)).astype(np.int64)
             ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))

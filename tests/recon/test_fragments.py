@@ -105,15 +105,16 @@ def test_merge_run_fragments_rewrites_every_output_with_one_id_map(tmp_path):
 
 
 def test_fit_time_merge_maps_tokens_and_vertices_alike():
-    from recon.export_mesh import merge_fragment_ids
+    from recon.fragments import merge_fragment_ids
     from recon.schema import PanopticSettings
     _, faces = strip_mesh(20)
     inst, sem = labels(20, [(0, 16, 1, 5), (16, 18, 3, 5), (18, 21, 2, 6)])
     token_ids = np.array([2, 3, 1, 4])                       # token k -> instance id (4: owns no vertex)
     msgs: list[str] = []
-    tok, vert = merge_fragment_ids(faces, inst, sem, token_ids, PanopticSettings(), msgs.append)
+    merges, lut = merge_fragment_ids(faces, inst, sem, token_ids, PanopticSettings(), msgs.append)
+    tok, vert = lut[token_ids], lut[inst]
+    assert merges == {3: 1}
     assert tok.tolist() == [2, 1, 1, 3] and set(vert.tolist()) == {1, 2}
     assert (vert[inst == 3] == 1).all() and len(msgs) == 1 and "instance 3" in msgs[0]
     off = PanopticSettings(fragment_max_fraction=0.05)
-    tok, vert = merge_fragment_ids(faces, inst, sem, token_ids, off, msgs.append)
-    assert tok.tolist() == token_ids.tolist() and (vert == inst).all()
+    assert merge_fragment_ids(faces, inst, sem, token_ids, off, msgs.append) == ({}, None)
