@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--min-edges", type=int, default=None,
                    help="shared mesh edges needed (default: the run's setting, 3)")
 
+    c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
+                       description="Post-process a finished run: keep only mesh faces that some training view "
+                                   "saw near its depth (mesh.cull_front_margin_m in front, mesh.cull_margin_m "
+                                   "behind), dropping surfaces left in observed free space; rewrites mesh.ply, "
+                                   "mesh_semantic.ply, mesh_panoptic.ply, instances/ and instances.json. Runs "
+                                   "fitted since 2026-11-23 are culled this way already.")
+    c.add_argument("--run", type=Path, required=True)
+    c.add_argument("--front-margin", type=float, default=None,
+                   help="metres in front of the observed depth (default: the run's setting, 0.05)")
+
     g = sub.add_parser("segment", help="make 2D masks for a scene (Grounded-SAM or the simulator)",
                        description="Make masks/ (and classes.json) for a scene folder with Grounded-SAM "
                                    "(GroundingDINO boxes from a prompt table, a SAM mask per box), or with "

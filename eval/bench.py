@@ -248,23 +248,48 @@ def comparable_config(cfg: dict | None) -> dict | None:
     return out
 
 
+# post-processes a finished fit can take without its model: the mesh's near-surface cull (recon/export_mesh.py
+# cull_run_mesh; a run fitted before the key existed was culled with no front margin) and fragment merging
+CULL_KEY = "cull_front_margin_m"
+
+
+def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
+    """The post-processes ("cull", then "merge") that turn a finished fit with settings old_cfg into one with
+    new_cfg, [] if none is needed, or None if no post-process can (other settings differ, a looser cull, or
+    other fragment-merging settings on a run merged already): then the cell is refitted."""
+    old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
+
+    def without_post(c: dict) -> dict:
+        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items() if k not in FRAGMENT_KEYS},
+                "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
+    if without_post(old_c) != without_post(new_c):
+        return None
+    steps = []
+    inf = float("inf")
+    old_front, new_front = (c.get("mesh", {}).get(CULL_KEY) for c in (old_c, new_c))
+    old_front, new_front = (inf if f is None else float(f) for f in (old_front, new_front))
+    if new_front != old_front:
+        if new_front > old_front:                   # faces culled already cannot come back
+            return None
+        steps.append("cull")
+    old_frag, new_frag = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in FRAGMENT_KEYS}
+                          for c in (old_c, new_c))
+    if old_frag != new_frag:
+        if not new_frag.get("merge_fragments") or old_frag.get("merge_fragments"):
+            return None                             # merged ids cannot be split again
+        steps.append("merge")
+    return steps
+
+
 def fit_reuse(old_cfg: dict | None, new_cfg: dict) -> str:
     """What a cell does with a finished fit whose RUN/config.yaml is old_cfg, for settings new_cfg:
-    "evaluate" (same result settings), "postprocess" (only the fragment-merging settings differ and
-    merging is switched on: merge the finished run's ids, then evaluate) or "refit"."""
+    "evaluate" (same result settings), "postprocess" (only post-process settings differ, and post_steps can
+    apply them to the finished run: then evaluate) or "refit"."""
     if old_cfg is None:
         return "refit"
     if comparable_config(old_cfg) == comparable_config(new_cfg):
         return "evaluate"
-
-    def without_post(cfg: dict) -> dict:
-        c = comparable_config(cfg)
-        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items() if k not in FRAGMENT_KEYS}}
-    old_merged = bool((old_cfg.get("panoptic") or {}).get("merge_fragments", False))
-    if without_post(old_cfg) == without_post(new_cfg) and new_cfg["panoptic"].get("merge_fragments") \
-            and not old_merged:
-        return "postprocess"
-    return "refit"
+    return "postprocess" if post_steps(old_cfg, new_cfg) else "refit"
 
 
 def hashed_spec(spec: dict) -> dict:
@@ -505,12 +530,17 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
         if same and finished:
             print(f"{run}: fit finished earlier with these settings; evaluating it", file=sys.stderr)
         elif reuse == "postprocess" and finished:
-            print(f"{run}: fit finished earlier; merging fragments (new post-process settings), then evaluating",
-                  file=sys.stderr)
-            if (run / "instances.json").is_file():          # without an instance branch there is nothing to merge
+            steps = post_steps(old, to_dict(s))
+            print(f"{run}: fit finished earlier; post-processing it for the new settings ({', '.join(steps)}), "
+                  f"then evaluating", file=sys.stderr)
+            say = lambda m: print(m, file=sys.stderr)           # noqa: E731
+            if "cull" in steps:
+                from recon.export_mesh import cull_run_mesh
+                cull_run_mesh(run, s.mesh.cull_front_margin_m, log=say)
+            if "merge" in steps and (run / "instances.json").is_file():     # without instances nothing merges
                 from recon.fragments import merge_run_fragments
                 merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
-                                    log=lambda m: print(m, file=sys.stderr))
+                                    log=say)
         elif same and (run / "checkpoints" / "last.pt").is_file():
             fit(scene_dir, run, s, resume=True, progress=progress, monitor=monitor)  # interrupted earlier
         else:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from recon.config import ConfigError, load_config
 
@@ -94,6 +93,13 @@ def cmd_demo(args) -> int:
 def cmd_merge_fragments(args) -> int:
     from recon.fragments import merge_run_fragments
     merge_run_fragments(args.run, args.max_fraction, args.min_edges)
+    return 0
+
+
+@_guard
+def cmd_cull_mesh(args) -> int:
+    from recon.export_mesh import cull_run_mesh
+    cull_run_mesh(args.run, args.front_margin)
     return 0
 
 

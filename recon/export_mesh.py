@@ -29,12 +29,14 @@ def class_palette(n: int) -> np.ndarray:
 
 
 def observed_mask(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_z: list[np.ndarray] | np.ndarray,
-                  margin_m: float) -> np.ndarray:
-    """Which world points [N, 3] lie in observed space of at least one view.
+                  margin_m: float, front_margin_m: float | None = None) -> np.ndarray:
+    """Which world points [N, 3] lie near an observed surface (or in observed space) of at least one view.
 
     A point is observed by a view if it projects inside the image in front of the camera
-    onto a pixel with valid depth D and its own z-depth is at most D + margin_m (it is in
-    front of, on, or just behind the observed surface). c2w: [F, 4, 4]; depth_z: [F, H, W].
+    onto a pixel with valid depth D and its own z-depth z satisfies
+    D - front_margin_m <= z <= D + margin_m: it is near the surface the view saw (just in
+    front of it, on it or just behind it). front_margin_m None drops the lower bound: every
+    point of the view's observed free space counts too. c2w: [F, 4, 4]; depth_z: [F, H, W].
     """
     assert points.ndim == 2 and points.shape[1] == 3
     seen = np.zeros(len(points), bool)
@@ -53,6 +55,8 @@ def observed_mask(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_z: l
         idx = np.nonzero(inside & ~seen)[0]
         dz = d[v[idx], u[idx]]
         ok = (dz > 0) & (z[idx] <= dz + margin_m)
+        if front_margin_m is not None:
+            ok &= z[idx] >= dz - front_margin_m
         seen[idx[ok]] = True
     return seen
 
@@ -166,7 +170,7 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bra
         return _chunked(lambda x: model.sdf(x)[0], pts.astype(np.float32), device=model.device)
 
     def keep_fn(pts: np.ndarray) -> np.ndarray:
-        return observed_mask(pts, bank.K, c2w, depth_z, s.mesh.cull_margin_m)
+        return observed_mask(pts, bank.K, c2w, depth_z, s.mesh.cull_margin_m, s.mesh.cull_front_margin_m)
 
     verts, faces = extract_mesh(sdf_fn, box_min, box_max, s.mesh.voxel_size_m, chunk_voxels=s.mesh.chunk_voxels,
                                 keep_fn=keep_fn)
@@ -198,3 +202,88 @@ def export_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bra
         log.info(f"instances: {len(entries)} with at least {s.panoptic.min_instance_vertices} vertices "
                  f"({branch.tokens.n} tokens): " + ", ".join(f"{e['class']}#{e['id']}" for e in entries))
     return path
+
+
+# ----------------------------------------------------------------------------- finished runs (no model)
+
+def read_labelled_run(run: Path, what: str) -> dict:
+    """A finished run's labelled mesh for a post-process (`what` names it in errors): vertices [V, 3],
+    faces [F, 3], rgb [V, 3] uint8, semantic / instance [V], the settings (config.yaml), the legend
+    palette and class names and, with an instance branch, token_ids and per-vertex confidence [V]
+    (each instance's score from instances.json)."""
+    from recon.config import load_config
+    from recon.meshing import read_ply
+    from recon.schema import FitSettings
+    run = Path(run)
+    for need in ("config.yaml", "mesh.ply", "legend.json"):
+        if not (run / need).is_file():
+            raise FileNotFoundError(f"{run} has no {need}: {what} needs a finished run")
+    verts, faces, colors, props = read_ply(run / "mesh.ply")
+    if "instance" not in props or "semantic" not in props:
+        raise ValueError(f"{run / 'mesh.ply'} has no 'instance' / 'semantic' vertex properties")
+    legend = json.loads((run / "legend.json").read_text())
+    out = {"settings": load_config(FitSettings, run / "config.yaml"), "verts": verts, "faces": faces,
+           "rgb": colors if colors is not None else np.zeros((len(verts), 3), np.uint8),
+           "semantic": props["semantic"].astype(np.int64), "instance": props["instance"].astype(np.int64),
+           "pal": class_palette(max(int(e["id"]) for e in legend) + 1),      # the colours legend.json lists
+           "names": {int(e["id"]): e["name"] for e in legend}, "token_ids": None, "confidence": None}
+    if (run / "instances.json").is_file():
+        doc = json.loads((run / "instances.json").read_text())
+        out["token_ids"] = np.asarray(doc.get("token_ids") or [], np.int64)
+        score = {int(e["id"]): float(e["score"]) for e in doc.get("instances", [])}
+        inst = out["instance"]
+        out["confidence"] = np.array([score.get(i, 0.0) for i in range(int(inst.max(initial=0)) + 1)])[inst]
+    return out
+
+
+def rewrite_labelled_run(run: Path, lr: dict, verts: np.ndarray, faces: np.ndarray, keep_vertices: np.ndarray | None,
+                         instance: np.ndarray, token_ids: np.ndarray | None) -> None:
+    """Write a post-processed mesh of read_labelled_run's `lr`: mesh*.ply and, with an instance branch,
+    instances/ and instances.json. keep_vertices [V_old] bool selects lr's vertex attributes (None: all);
+    instance [V_new] and token_ids are the (possibly remapped) ids."""
+    sel = slice(None) if keep_vertices is None else keep_vertices
+    rgb, sem = lr["rgb"][sel], lr["semantic"][sel]
+    assert len(rgb) == len(verts) == len(instance), "post-process: vertex attributes do not match the mesh"
+    write_label_meshes(run, verts, faces, rgb, sem, instance, lr["pal"])
+    if lr["token_ids"] is not None:
+        write_instances(run, verts, faces, rgb, sem, instance, lr["confidence"][sel], lr["names"], token_ids,
+                        lr["settings"].panoptic.min_instance_vertices)
+
+
+def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
+    """Cull a finished run's mesh with the near-surface rule (observed_mask with mesh.cull_margin_m behind and
+    `front_margin_m` in front of the training views' depth; default: the run's mesh.cull_front_margin_m),
+    without its model: faces only go, vertex labels stay. Rewrites mesh.ply, mesh_semantic.ply,
+    mesh_panoptic.ply and, with an instance branch, instances/ and instances.json, each atomically; records the
+    margin in config.yaml and log.txt. Label images come from the fields and do not change. Culling twice with
+    one margin removes nothing the second time. Returns the number of faces removed."""
+    from recon.config import save_config
+    from recon.data.scene import load_scene
+    from recon.meshing import remove_unreferenced
+    from recon.trainer import train_indices
+    run = Path(run)
+    lr = read_labelled_run(run, "mesh culling")
+    s = lr["settings"]
+    front = s.mesh.cull_front_margin_m if front_margin_m is None else float(front_margin_m)
+    scene_txt = run / "scene.txt"
+    if not scene_txt.is_file():
+        raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({scene_txt} missing)")
+    scene = load_scene(Path(scene_txt.read_text().strip()), check_images=False)
+    idx = train_indices(scene, s)
+    depth_z = [scene.load_depth_m(i) for i in idx]                       # [H, W] each, z-depth in metres
+    verts, faces = lr["verts"], lr["faces"]
+    keep_v = observed_mask(verts, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front)   # [V]
+    kept = faces[keep_v[faces].all(axis=1)]                  # [F', 3] the rule of extract_mesh (keep_mode "all")
+    used = np.zeros(len(verts), bool)
+    used[kept.reshape(-1)] = True
+    new_v, new_f = remove_unreferenced(verts, kept)
+    removed = len(faces) - len(new_f)
+    rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
+    s.mesh.cull_front_margin_m = front
+    save_config(s, run / "config.yaml")
+    line = (f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m behind the training "
+            f"views' depth): removed {removed} of {len(faces)} faces")
+    with open(run / "log.txt", "a") as fh:
+        fh.write(line + "\n")
+    log(line)
+    return removed

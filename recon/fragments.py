@@ -121,43 +121,26 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     instances.json, and every labels/instance/*.png through one id map, each file atomically;
     records the settings in config.yaml (panoptic.merge_fragments and its parameters) and log.txt.
     Parameters default to the run's config values. Returns the merges (old id -> old id merged into)."""
-    import json
     from pathlib import Path
 
     from PIL import Image
 
-    from recon.config import atomic_write_bytes, load_config, save_config
+    from recon.config import atomic_write_bytes, save_config
     from recon.data.run_labels import png16_bytes
-    from recon.export_mesh import class_palette, write_instances, write_label_meshes
-    from recon.meshing import read_ply
-    from recon.schema import FitSettings
+    from recon.export_mesh import read_labelled_run, rewrite_labelled_run
 
     run = Path(run)
-    for need in ("config.yaml", "mesh.ply", "instances.json", "legend.json"):
-        if not (run / need).is_file():
-            raise FileNotFoundError(f"{run} has no {need}: fragment merging needs a finished run with instances")
-    s = load_config(FitSettings, run / "config.yaml")
+    if not (run / "instances.json").is_file():
+        raise FileNotFoundError(f"{run} has no instances.json: fragment merging needs a finished run with instances")
+    lr = read_labelled_run(run, "fragment merging")
+    s = lr["settings"]
     p = s.panoptic
     p.fragment_max_fraction = p.fragment_max_fraction if max_fraction is None else float(max_fraction)
     p.fragment_min_shared_edges = p.fragment_min_shared_edges if min_shared_edges is None else int(min_shared_edges)
-    verts, faces, colors, props = read_ply(run / "mesh.ply")
-    if "instance" not in props or "semantic" not in props:
-        raise ValueError(f"{run / 'mesh.ply'} has no 'instance' / 'semantic' vertex properties")
-    inst, sem = props["instance"].astype(np.int64), props["semantic"].astype(np.int64)
-    doc = json.loads((run / "instances.json").read_text())
-    token_ids = np.asarray(doc.get("token_ids") or [], np.int64)
-    merges, lut = merge_fragment_ids(faces, inst, sem, token_ids, p, log)
+    inst, token_ids = lr["instance"], lr["token_ids"]
+    merges, lut = merge_fragment_ids(lr["faces"], inst, lr["semantic"], token_ids, p, log)
     if lut is not None:
-        new_tokens, new_inst = lut[token_ids], lut[inst]
-        # per-vertex confidence from the old instances' scores (merged instances average them by size)
-        score = {int(e["id"]): float(e["score"]) for e in doc.get("instances", [])}
-        conf = np.array([score.get(i, 0.0) for i in range(int(inst.max()) + 1)])[inst]
-        legend = json.loads((run / "legend.json").read_text())
-        pal = class_palette(max(int(e["id"]) for e in legend) + 1)       # the colours legend.json lists
-        rgb = colors if colors is not None else np.zeros((len(verts), 3), np.uint8)
-        write_label_meshes(run, verts, faces, rgb, sem, new_inst, pal)
-        write_instances(run, verts, faces, rgb, sem, new_inst, conf, {int(e["id"]): e["name"] for e in legend},
-                        new_tokens, p.min_instance_vertices)
+        rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, lut[inst], lut[token_ids])
         for png in sorted((run / "labels" / "instance").glob("*.png")):
             ids = np.asarray(Image.open(png)).astype(np.int64)
             ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))

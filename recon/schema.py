@@ -107,6 +107,8 @@ class MeshSettings:
     voxel_size_m: float = 0.02
     chunk_voxels: int = 64
     cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
+    cull_front_margin_m: float | None = 0.05  # ... and at most this far in front of it (an observed surface is near); null:
+                                         # anywhere in front (the view's whole free space; meshes before 2026-11-23)
     label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
     heldout_depth_stride: int = 4        # SDF depth of held-out views (novel-view depth eval) on every Nth pixel
 

@@ -240,3 +240,28 @@ def test_fit_reuse_decides_between_evaluate_postprocess_and_refit():
     changed = json.loads(json.dumps(new))
     changed["train"]["iters"] += 1
     assert fit_reuse(old, changed) == "refit"
+
+
+def test_post_steps_cull_and_merge():
+    from eval.bench import fit_reuse, post_steps
+    from recon.config import to_dict
+    from recon.schema import FitSettings
+    new = to_dict(FitSettings())
+    assert new["mesh"]["cull_front_margin_m"] == 0.05 and new["panoptic"]["merge_fragments"] is True
+    assert post_steps(new, new) == []
+    old = json.loads(json.dumps(new))
+    del old["mesh"]["cull_front_margin_m"]                           # meshed before the near-surface cull
+    assert post_steps(old, new) == ["cull"] and fit_reuse(old, new) == "postprocess"
+    for k in ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges"):
+        del old["panoptic"][k]
+    assert post_steps(old, new) == ["cull", "merge"]
+    tighter = json.loads(json.dumps(new))
+    tighter["mesh"]["cull_front_margin_m"] = 0.02
+    assert post_steps(new, tighter) == ["cull"]
+    assert post_steps(tighter, new) is None and fit_reuse(tighter, new) == "refit"   # culled faces are gone
+    loose = json.loads(json.dumps(new))
+    loose["mesh"]["cull_front_margin_m"] = None
+    assert post_steps(new, loose) is None
+    behind = json.loads(json.dumps(old))
+    behind["mesh"]["cull_margin_m"] = 0.1                            # not a post-process setting
+    assert post_steps(behind, new) is None and fit_reuse(behind, new) == "refit"

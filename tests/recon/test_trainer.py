@@ -106,6 +106,15 @@ def test_observed_mask_hand_case():
                     [-0.4, 0, 1.0],          # projects to u = 0.5 -> column 0, no depth there
                     [5.0, 0, 1.0]])          # outside the image
     np.testing.assert_array_equal(observed_mask(pts, K, c2w, depth, 0.05), [True, True, False, False, False, False])
+    # with a front margin only points near the wall count: z = 1.0 is in free space, 1.97 is 3 cm in front
+    near = np.vstack([pts, [[0.0, 0, 1.97]]])
+    np.testing.assert_array_equal(observed_mask(near, K, c2w, depth, 0.05, front_margin_m=0.05),
+                                  [False, True, False, False, False, False, True])
+    # a second view that sees a surface at z = 1.0 of the first view's frame keeps that point
+    c2w2 = np.stack([np.eye(4), np.eye(4)])
+    depth2 = np.concatenate([depth, np.full((1, 10, 10), 1.0)])
+    np.testing.assert_array_equal(observed_mask(near, K, c2w2, depth2, 0.05, front_margin_m=0.05),
+                                  [True, True, False, False, True, False, True])
 
 
 def test_eval_writes_metric_keys(tiny_scene, tmp_path):
