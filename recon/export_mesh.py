@@ -250,6 +250,15 @@ def rewrite_labelled_run(run: Path, lr: dict, verts: np.ndarray, faces: np.ndarr
                         lr["settings"].panoptic.min_instance_vertices)
 
 
+def record_post_process(run: Path, settings, line: str, log=print) -> None:
+    """A post-process of a finished run is done: save its settings to config.yaml, append `line` to log.txt."""
+    from recon.config import save_config
+    save_config(settings, Path(run) / "config.yaml")
+    with open(Path(run) / "log.txt", "a") as fh:
+        fh.write(line + "\n")
+    log(line)
+
+
 def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     """Cull a finished run's mesh with the near-surface rule (observed_mask with mesh.cull_margin_m behind and
     `front_margin_m` in front of the training views' depth; default: the run's mesh.cull_front_margin_m),
@@ -257,7 +266,6 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     mesh_panoptic.ply and, with an instance branch, instances/ and instances.json, each atomically; records the
     margin in config.yaml and log.txt. Label images come from the fields and do not change. Culling twice with
     one margin removes nothing the second time. Returns the number of faces removed."""
-    from recon.config import save_config
     from recon.data.scene import load_scene
     from recon.meshing import remove_unreferenced
     from recon.trainer import train_indices
@@ -280,10 +288,6 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     removed = len(faces) - len(new_f)
     rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
     s.mesh.cull_front_margin_m = front
-    save_config(s, run / "config.yaml")
-    line = (f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m behind the training "
-            f"views' depth): removed {removed} of {len(faces)} faces")
-    with open(run / "log.txt", "a") as fh:
-        fh.write(line + "\n")
-    log(line)
+    record_post_process(run, s, f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m "
+                                f"behind the training views' depth): removed {removed} of {len(faces)} faces", log)
     return removed

@@ -125,9 +125,9 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
 
     from PIL import Image
 
-    from recon.config import atomic_write_bytes, save_config
+    from recon.config import atomic_write_bytes
     from recon.data.run_labels import png16_bytes
-    from recon.export_mesh import read_labelled_run, rewrite_labelled_run
+    from recon.export_mesh import read_labelled_run, record_post_process, rewrite_labelled_run
 
     run = Path(run)
     if not (run / "instances.json").is_file():
@@ -147,10 +147,7 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
             ext[:len(lut)] = lut
             atomic_write_bytes(png, png16_bytes(ext[ids], png))
     p.merge_fragments = True
-    save_config(s, run / "config.yaml")
-    line = (f"fragment merging (max_fraction {p.fragment_max_fraction}, min_shared_edges "
-            f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) {dict(sorted(merges.items()))}")
-    with open(run / "log.txt", "a") as fh:
-        fh.write(line + "\n")
-    log(line)
+    record_post_process(run, s, f"fragment merging (max_fraction {p.fragment_max_fraction}, min_shared_edges "
+                                f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) "
+                                f"{dict(sorted(merges.items()))}", log)
     return merges

@@ -1,0 +1,112 @@
+"""How much 3D semantics the 2D masks carry: a reference for semantic_3d, with no reconstruction.
+
+The masks' class labels are lifted onto the observed GT mesh vertices (the points semantic_3d
+scores) using the GT geometry: in every training frame a vertex takes the mask class at the pixel
+it projects to, if the frame's depth there is within `depth_tol_m` of the vertex's own z (the
+vertex is what that pixel saw) and the pixel is labelled; its class is the majority over frames;
+vertices no mask labels take the class of the nearest labelled vertex. This is what lifting the
+labels by a plain vote gets with perfect geometry: a learned field may do better (it smooths and
+extrapolates) or worse (it must also find the geometry), so it is a reference, not a bound.
+
+Also reported per class, `label_coverage`: the share (%) of the class's observed GT vertices that
+at least one mask labels with their own class. A class the masks hardly ever label (a thin lamp
+eroded away at 160x120) cannot be expected to score well in 3D.
+
+    python -m eval.mask_reference --scene DIR [--split train] [--out FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from eval.metrics import confusion_matrix, project_points, semantic_metrics
+
+
+def frame_votes(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_m: np.ndarray, label: np.ndarray,
+                depth_tol_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """(point index [M], class [M]) of the points [N, 3] that frame (c2w [4, 4], depth_m [H, W], label
+    [H, W], 0 = unlabelled) sees with a label: in front of the camera, inside the image, the depth at
+    the nearest pixel valid and within depth_tol_m of the point's z."""
+    assert points.ndim == 2 and points.shape[1] == 3, f"points must be [N, 3], got {points.shape}"
+    assert depth_m.shape == label.shape, f"depth {depth_m.shape} and label {label.shape} differ in size"
+    H, W = depth_m.shape
+    u, v, z = project_points(points, K, c2w)                                  # [N] each
+    ok = np.isfinite(u) & np.isfinite(v) & (z > 1e-3)
+    ui = np.full(len(points), -1, np.int64)
+    vi = np.full(len(points), -1, np.int64)
+    ui[ok], vi[ok] = np.round(u[ok]).astype(np.int64), np.round(v[ok]).astype(np.int64)
+    ok &= (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
+    idx = np.flatnonzero(ok)
+    d = depth_m[vi[idx], ui[idx]]
+    lab = label[vi[idx], ui[idx]].astype(np.int64)
+    seen = (d > 0) & (np.abs(z[idx] - d) <= depth_tol_m) & (lab > 0)
+    return idx[seen], lab[seen]
+
+
+def vote_labels(points: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Per point [N] the class with the most votes (votes [N, C]; ties: the lower class id); points
+    without a vote take the class of the nearest voted point (all 0 if none is voted)."""
+    assert votes.shape[0] == points.shape[0]
+    labels = votes.argmax(axis=1).astype(np.int64)
+    has = votes.sum(axis=1) > 0
+    if has.any() and not has.all():
+        _, nn = cKDTree(points[has]).query(points[~has], k=1)
+        labels[~has] = labels[has][nn]
+    elif not has.any():
+        labels[:] = 0
+    return labels
+
+
+def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> dict:
+    """semantic_3d of the masks' labels lifted onto the observed GT vertices by vote (see the module
+    docstring), with per-class IoU and label coverage (%), keyed by class name."""
+    from eval.evaluate import observed_gt
+    if scene.gt_mesh_path is None or not scene.has_masks:
+        raise ValueError(f"{scene.root}: the mask reference needs masks/ and gt/mesh.ply")
+    gt = observed_gt(scene)
+    if "vertex_semantic" not in gt:
+        raise ValueError(f"{scene.gt_mesh_path} has no 'semantic' vertex property")
+    pts, gt_sem = gt["observed_vertices"], gt["vertex_semantic"]                 # [N, 3], [N]
+    names = {c.id: c.name for c in scene.classes}
+    n_cls = max([int(gt_sem.max(initial=0))] + list(names)) + 1
+    votes = np.zeros((len(pts), n_cls), np.int64)                                 # [N, C]
+    split = split if split in scene.splits else "train"
+    for i in scene.split_indices(split):
+        _, sem, _ = scene.load_masks(i)
+        idx, lab = frame_votes(pts, scene.K, scene.c2w[i], scene.load_depth_m(i), sem, depth_tol_m)
+        np.add.at(votes, (idx, np.minimum(lab, n_cls - 1)), 1)
+    pred = vote_labels(pts, votes)
+    sm = semantic_metrics(confusion_matrix(pred, gt_sem, n_cls, ignore_gt=0))
+    coverage = {names.get(int(c), str(c)): round(100.0 * float((votes[gt_sem == c, c] > 0).mean()), 1)
+                for c in np.unique(gt_sem) if c > 0}
+    return {"semantic_3d": {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
+                            "per_class_iou": {names.get(k, str(k)): round(v, 3)
+                                              for k, v in sm["per_class_iou"].items()}},
+            "label_coverage": coverage, "split": split, "depth_tol_m": depth_tol_m,
+            "n_vertices": int(len(pts))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recon.config import atomic_write_text
+    from recon.data.scene import load_scene
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scene", type=Path, required=True)
+    p.add_argument("--split", default="train", help="frames whose masks vote (default: train)")
+    p.add_argument("--depth-tol", type=float, default=0.03, help="visibility tolerance in metres")
+    p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    ref = mask_reference(load_scene(args.scene, check_images=False), args.split, args.depth_tol)
+    text = json.dumps(ref, indent=1) + "\n"
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
