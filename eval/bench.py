@@ -232,11 +232,15 @@ UNHASHED_TRAIN_KEYS = ("device",)
 # the fragment-merging post-process, added after cells were computed: switched off it changes nothing
 # (and its parameters are unused), so such a cell keeps its identity and its finished fit stays reusable
 FRAGMENT_KEYS = ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges")
+# the blind split rule (tokens/adjust.py), added later and off by default: while off (blind_max_overlap 0)
+# its keys change nothing, so cells keep their identity
+BLIND_KEYS = ("blind_max_overlap", "blind_min_events", "blind_min_distance_m")
 
 
 def comparable_config(cfg: dict | None) -> dict | None:
     """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
-    FRAGMENT_KEYS while panoptic.merge_fragments is off): what the cell hash and fit reuse compare."""
+    FRAGMENT_KEYS while panoptic.merge_fragments is off; the BLIND_KEYS while the blind split is off): what
+    the cell hash and fit reuse compare."""
     if not isinstance(cfg, dict):
         return cfg
     out = dict(cfg)
@@ -245,6 +249,10 @@ def comparable_config(cfg: dict | None) -> dict | None:
     pan = out.get("panoptic")
     if isinstance(pan, dict) and not pan.get("merge_fragments", False):
         out["panoptic"] = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
+    tok = out.get("tokens")
+    rules = tok.get("adjust_rules") if isinstance(tok, dict) else None
+    if isinstance(rules, dict) and not rules.get("blind_max_overlap", 0.0):
+        out["tokens"] = {**tok, "adjust_rules": {k: v for k, v in rules.items() if k not in BLIND_KEYS}}
     return out
 
 

@@ -26,7 +26,7 @@ from recon.panoptic import IGNORE, panoptic_layout, panoptic_targets
 from recon.sampling import FrameBank, RayBatch
 from recon.schema import TokenSettings
 from tokens.adjust import TokenAdjustStrategy
-from tokens.assign import assignment_cost, class_loss, hungarian, instance_loss, masks_from_frame
+from tokens.assign import assignment_cost, class_loss, hungarian, instance_loss, masks_from_frame, match_coverage
 from tokens.attention import instance_probs
 from tokens.tokens import InstanceTokens, TokenClassHead
 
@@ -165,6 +165,23 @@ def surface_points(bank: FrameBank, n_points: int, gen: torch.Generator) -> Tens
 
 # ----------------------------------------------------------------------------- per-step losses
 
+def blind_matches(pred: Tensor, targets: Tensor, rows: Tensor, cols: Tensor, rays: RayBatch, ray_index: Tensor,
+                  max_overlap: float) -> list[tuple[int, tuple[float, float, float]]]:
+    """(token, 3D centroid in m of the mask's sampled pixels with valid depth) for each match of one frame
+    whose token covers less than max_overlap of the mask (tokens.assign.match_coverage).
+    pred [N, P], targets [L, P] over the frame's P labelled rays, ray_index [P] their rows in `rays`."""
+    cover = match_coverage(pred, targets, rows, cols)                              # [K]
+    out = []
+    for k in torch.nonzero(cover < max_overlap).reshape(-1).tolist():
+        sel = ray_index[targets[int(rows[k])].cpu() > 0]                           # [S] rays of the mask
+        sel = sel[rays.depth[sel] > 0]
+        if sel.numel() == 0:
+            continue
+        pts = rays.origins[sel] + rays.dirs[sel] * rays.depth[sel][:, None]        # [S, 3] world m
+        out.append((int(cols[k]), tuple(pts.mean(0).tolist())))
+    return out
+
+
 @dataclass
 class AssignmentResult:
     l_ins: Tensor               # scalar, mean over the frames with masks
@@ -205,7 +222,9 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
             cost = assignment_cost(pred.detach(), targets).cpu()                   # [L, N] (small; one copy)
             rows, cols = hungarian(cost)                                           # [K] each, on the CPU
             if strategy is not None:
-                strategy.after_assignment(it, rows, cols, cost, N)
+                blind = blind_matches(pred, targets, rows, cols, rays, in_f[lab],
+                                      strategy.cfg.blind_max_overlap) if strategy.cfg.blind_max_overlap > 0 else None
+                strategy.after_assignment(it, rows, cols, cost, N, blind=blind)
             l_ins = l_ins + instance_loss(pred, targets, rows, cols, use_dice=use_dice)
             l_cls = l_cls + class_loss(logits, classes[rows], cols)
             mask_to_token = {int(mask_ids[r]): int(c) for r, c in zip(rows.tolist(), cols.tolist())}

@@ -41,6 +41,16 @@ Rules (our defaults where the paper is silent; all in AdjustConfig)
   From split_until_iters on
   (when > 0) checks only prune: a late clone has too few iterations left to find its object and
   mostly splits one object into two ids.
+* blind split (ours, not in the paper; off unless blind_max_overlap > 0): a match is blind when
+  the token's rendered mask covers less than blind_max_overlap of the 2D mask's sampled pixels
+  (match_coverage); the trainer reports such matches with the 3D centroid of the mask's pixels.
+  A kept token with at least blind_min_events blind matches in the window, making up at least
+  half of its matches, whose blind centroids have their median at least blind_min_distance_m
+  from the token's mean, is cloned there (the clone keeps the class and instance features): a
+  rarely seen object whose masks all went to a token elsewhere in the scene (no token renders
+  it, so the match was the least bad one) gets a token where its masks are. The far token then
+  loses those matches to the clone and is pruned as useless if nothing else needs it. Same
+  split_until_iters and max_tokens as the split rule.
 * at least min_tokens tokens are always kept (the most assigned ones).
 """
 from __future__ import annotations
@@ -71,6 +81,9 @@ class AdjustConfig:
     split_until_iters: int = 0        # no splits at checks from this iteration on (0 = no limit; prunes go on)
     split_max_cost: float = 0.0       # split evidence only where the lost mask's cost at the token is below this (0 = any)
     min_tokens: int = 1               # pruning never goes below this many tokens
+    blind_max_overlap: float = 0.0    # blind split: a match covering less than this share of the mask is blind (0 = off)
+    blind_min_events: int = 3         # blind split: blind matches in the window a token needs (and half its matches)
+    blind_min_distance_m: float = 0.3  # blind split: only if the blind masks' median centroid is this far from the token
     enabled: bool = True
 
 
@@ -138,8 +151,10 @@ class TokenAdjustStrategy:
         self.last_check: int | None = None
 
     # -- hooks
-    def after_assignment(self, it: int, rows: Tensor, cols: Tensor, cost: Tensor, n_tokens: int) -> None:
-        """Record one frame's match: rows, cols [K] (Hungarian), cost [L, N_tokens]."""
+    def after_assignment(self, it: int, rows: Tensor, cols: Tensor, cost: Tensor, n_tokens: int,
+                         blind: list[tuple[int, tuple[float, float, float]]] | None = None) -> None:
+        """Record one frame's match: rows, cols [K] (Hungarian), cost [L, N_tokens]; blind: (token,
+        3D centroid of the mask in m) per blind match (see the blind split rule), if the trainer checks."""
         if not self.cfg.enabled:
             return
         assert cost.ndim == 2 and cost.shape[1] == n_tokens, f"cost must be [L, {n_tokens}], got {tuple(cost.shape)}"
@@ -150,7 +165,8 @@ class TokenAdjustStrategy:
                              "tokens were resized outside step(); call strategy.remap(index_map, it) after that")
         lim = self.cfg.split_max_cost
         split = sorted({i for i, _, b in assignment_stats(cost, rows, cols) if lim <= 0 or float(cost[b, i]) < lim})
-        self.events.append((int(it), [int(c) for c in cols.tolist()], split))
+        blind_ev = [(int(i), tuple(float(x) for x in p)) for i, p in (blind or [])]
+        self.events.append((int(it), [int(c) for c in cols.tolist()], split, blind_ev))
         self._trim(it)
 
     def due(self, it: int) -> bool:
@@ -181,11 +197,14 @@ class TokenAdjustStrategy:
 
         counts = [0] * N
         split_events = [0] * N
-        for _, cols, split in self.events:
+        blind_at: list[list[tuple[float, float, float]]] = [[] for _ in range(N)]
+        for _, cols, split, blind in self.events:
             for c in cols:
                 counts[c] += 1
             for i in split:
                 split_events[i] += 1
+            for i, p in blind:
+                blind_at[i].append(p)
 
         # useless
         keep = torch.ones(N, dtype=torch.bool)
@@ -227,13 +246,33 @@ class TokenAdjustStrategy:
             self.persist[i] = 0
         for i in candidates[room:]:
             msgs.append(f"it {it}: split of token {i} skipped (max_tokens={cfg.max_tokens} reached)")
+        # blind split: a clone where the token's blind masks are
+        blind_of, blind_pos = [], []
+        if cfg.blind_max_overlap > 0 and not late:
+            means = tokens.means.detach().cpu()
+            for i in sorted(range(N), key=lambda i: (-len(blind_at[i]), i)):
+                n_b = len(blind_at[i])
+                if not keep[i] or i in clone_of or n_b < max(cfg.blind_min_events, 1) or 2 * n_b < counts[i]:
+                    continue
+                target = torch.tensor(blind_at[i]).median(dim=0).values                  # [3] m
+                dist = float(torch.linalg.norm(target - means[i]))
+                if dist < cfg.blind_min_distance_m:
+                    continue
+                if n_kept + len(clone_of) + len(blind_of) >= cfg.max_tokens:
+                    msgs.append(f"it {it}: blind split of token {i} skipped (max_tokens={cfg.max_tokens} reached)")
+                    continue
+                blind_of.append(i)
+                blind_pos.append(target)
+                msgs.append(f"it {it}: blind split token {i} -> new token {n_kept + len(clone_of) + len(blind_of) - 1} "
+                            f"at ({', '.join(f'{x:.2f}' for x in target.tolist())}) m, {dist:.2f} m from it "
+                            f"({n_b} of its {counts[i]} matches in the window were blind)")
 
-        if bool(keep.all()) and not clone_of:
+        if bool(keep.all()) and not clone_of and not blind_of:
             for m in msgs:
                 self.log(m)
             return None
 
-        index_map = torch.cat([torch.nonzero(keep).reshape(-1), torch.tensor(clone_of, dtype=torch.long)])
+        index_map = torch.cat([torch.nonzero(keep).reshape(-1), torch.tensor(clone_of + blind_of, dtype=torch.long)])
         offset = torch.zeros(index_map.shape[0], 3)
         if clone_of:
             with torch.no_grad():
@@ -241,7 +280,10 @@ class TokenAdjustStrategy:
                 R = tokens.rotations().detach().cpu()[src]                         # [C, 3, 3]
                 longest = torch.argmax(tokens.log_scales.detach().cpu()[src], dim=1)  # [C]
                 axis = R[torch.arange(src.shape[0]), :, longest]                  # [C, 3] unit column
-                offset[n_kept:] = axis * cfg.split_offset_m
+                offset[n_kept:n_kept + len(clone_of)] = axis * cfg.split_offset_m
+        if blind_of:
+            src = torch.tensor(blind_of, dtype=torch.long)
+            offset[n_kept + len(clone_of):] = torch.stack(blind_pos) - tokens.means.detach().cpu()[src]
         old_params = tokens.state_for_optimizer()
         tokens.reindex(index_map, mean_offset_m=offset)
         if optimizer is not None:
@@ -249,7 +291,7 @@ class TokenAdjustStrategy:
         self.remap(index_map, it)
         for m in msgs:
             self.log(m)
-        return {"keep": keep, "clone_of": list(clone_of), "log": msgs, "index_map": index_map}
+        return {"keep": keep, "clone_of": list(clone_of) + list(blind_of), "log": msgs, "index_map": index_map}
 
     # -- bookkeeping
     def remap(self, index_map: Tensor, it: int) -> None:
@@ -268,7 +310,9 @@ class TokenAdjustStrategy:
             persist.append(self.persist[old] if first else 0)
         self.born, self.persist, self.n = born, persist, len(index_map)
         self.events = deque((e_it, [old_to_new[c] for c in cols if c in old_to_new],
-                             [old_to_new[i] for i in split if i in old_to_new]) for e_it, cols, split in self.events)
+                             [old_to_new[i] for i in split if i in old_to_new],
+                             [(old_to_new[i], p) for i, p in blind if i in old_to_new])
+                            for e_it, cols, split, blind in self.events)
 
     def _trim(self, it: int) -> None:
         while self.events and self.events[0][0] <= it - self.cfg.window_iters:
@@ -276,18 +320,22 @@ class TokenAdjustStrategy:
 
     def state_dict(self) -> dict:
         return {"n": self.n, "born": list(self.born), "persist": list(self.persist),
-                "events": [(a, list(b), list(c)) for a, b, c in self.events], "last_check": self.last_check}
+                "events": [(a, list(b), list(c), [(i, list(p)) for i, p in d]) for a, b, c, d in self.events],
+                "last_check": self.last_check}
 
     def load_state_dict(self, state: dict) -> None:
         self.n, self.born, self.persist = state["n"], list(state["born"]), list(state["persist"])
-        self.events = deque((a, list(b), list(c)) for a, b, c in state["events"])
+        # checkpoints from before the blind split rule hold 3-tuples
+        self.events = deque((e[0], list(e[1]), list(e[2]), [(int(i), tuple(p)) for i, p in (e[3] if len(e) > 3 else [])])
+                            for e in state["events"])
         self.last_check = state["last_check"]
 
 
 class NoAdjust(TokenAdjustStrategy):
     """Ablation `tokens.adjust = off`: the hooks do nothing and the token count never changes."""
 
-    def after_assignment(self, it: int, rows: Tensor, cols: Tensor, cost: Tensor, n_tokens: int) -> None:
+    def after_assignment(self, it: int, rows: Tensor, cols: Tensor, cost: Tensor, n_tokens: int,
+                         blind: list | None = None) -> None:
         return None
 
     def due(self, it: int) -> bool:

@@ -171,3 +171,17 @@ def assignment_stats(cost: Tensor, rows: Tensor, cols: Tensor) -> list[tuple[int
         if a is not None and a != b:
             out.append((i, a, b))
     return out
+
+
+def match_coverage(pred: Tensor, targets: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Share of each matched 2D mask that its token's rendered mask covers: [K] with
+    sum_p pred[cols[k], p] * targets[rows[k], p] / sum_p targets[rows[k], p] (0 for an empty mask).
+    pred [N, P] rendered token masks in [0, 1], targets [L, P] in {0, 1}; rows, cols [K] the match."""
+    assert pred.ndim == 2 and targets.ndim == 2 and pred.shape[1] == targets.shape[1], \
+        f"pred [N, P] and targets [L, P] must share P, got {tuple(pred.shape)} and {tuple(targets.shape)}"
+    assert rows.shape == cols.shape
+    if rows.numel() == 0:
+        return torch.zeros(0)
+    t = targets[rows.to(targets.device)].float()                                   # [K, P]
+    inter = (pred[cols.to(pred.device)].float().detach() * t).sum(1)              # [K]
+    return (inter / t.sum(1).clamp_min(1.0)).cpu()

@@ -262,6 +262,14 @@ def test_post_steps_cull_and_merge():
     loose = json.loads(json.dumps(new))
     loose["mesh"]["cull_front_margin_m"] = None
     assert post_steps(new, loose) is None
+    # the blind split rule's keys (added later, off by default) do not make a cell new
+    before_blind = json.loads(json.dumps(new))
+    for k in ("blind_max_overlap", "blind_min_events", "blind_min_distance_m"):
+        del before_blind["tokens"]["adjust_rules"][k]
+    assert fit_reuse(before_blind, new) == "evaluate"
+    blind_on = json.loads(json.dumps(new))
+    blind_on["tokens"]["adjust_rules"]["blind_max_overlap"] = 0.1
+    assert fit_reuse(before_blind, blind_on) == "refit"
     behind = json.loads(json.dumps(old))
     behind["mesh"]["cull_margin_m"] = 0.1                            # not a post-process setting
     assert post_steps(behind, new) is None and fit_reuse(behind, new) == "refit"

@@ -85,6 +85,26 @@ def test_assignment_losses_per_frame_hand_case():
     assert math.isclose(float(res.l_ins.detach()), float((l0 + l1) / 2), rel_tol=1e-5)
 
 
+def test_blind_matches_report_the_mask_centroid_to_the_strategy():
+    b = _branch()
+    # one frame, two chair masks: mask 7 on rays 0-1 (token 0 renders it), mask 8 on rays 2-3 that no token
+    # renders; the Hungarian match still gives mask 8 a token, blindly
+    rays = _rays([0, 0, 0, 0], [2, 2, 2, 2], [7, 7, 8, 8])
+    rays.dirs = torch.tensor([[0.0, 0, 1], [0.0, 0, 1], [1.0, 0, 0], [0.0, 1, 0]])
+    rays.depth = torch.tensor([1.0, 1.0, 2.0, 4.0])          # mask 8's points: (2, 0, 0) and (0, 4, 0)
+    masks = torch.tensor([[0.9, 0.1, 0.1], [0.9, 0.1, 0.1], [0.01, 0.02, 0.01], [0.01, 0.02, 0.01]])
+    strat = TokenAdjustStrategy(AdjustConfig(blind_max_overlap=0.1))
+    assignment_losses(b, masks, rays, use_dice=True, min_pixels=1, strategy=strat, it=0)
+    _, cols, _, blind = strat.events[-1]
+    assert cols[0] == 0 and len(blind) == 1
+    tok, centroid = blind[0]
+    assert tok == cols[1] and tok != 0
+    assert np.allclose(centroid, (1.0, 2.0, 0.0))             # the mean of mask 8's back-projected points
+    off = TokenAdjustStrategy(AdjustConfig())                  # the rule off: no blind bookkeeping
+    assignment_losses(b, masks, rays, use_dice=True, min_pixels=1, strategy=off, it=0)
+    assert off.events[-1][3] == []
+
+
 def test_labels_from_distributions_head_on_and_off():
     b = _branch(n_tokens=2)
     with torch.no_grad():                                                # token 0 -> chair (2), token 1 -> table (3)

@@ -219,3 +219,67 @@ def test_split_evidence_needs_overlap_below_split_max_cost():
         strat = TokenAdjustStrategy(AdjustConfig(split_max_cost=lim))
         strat.after_assignment(1, rows, cols, cost, 2)
         assert strat.events[-1][2] == expect, lim
+
+
+def test_match_coverage_hand_case():
+    from tokens.assign import match_coverage
+    pred = torch.tensor([[1.0, 1.0, 0.0, 0.0],      # token 0 renders pixels 0, 1
+                         [0.0, 0.0, 0.5, 0.0]])     # token 1 half-renders pixel 2
+    targets = torch.tensor([[1.0, 1.0, 1.0, 1.0],   # mask 0: all four pixels
+                            [0.0, 0.0, 0.0, 1.0]])  # mask 1: pixel 3
+    cov = match_coverage(pred, targets, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert torch.allclose(cov, torch.tensor([0.5, 0.0]))        # 2 of 4 pixels; nothing of pixel 3
+    cov = match_coverage(pred, targets, torch.tensor([0]), torch.tensor([1]))
+    assert torch.allclose(cov, torch.tensor([0.125]))           # 0.5 of one pixel of 4
+    assert match_coverage(pred, targets, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)).numel() == 0
+
+
+def test_blind_split_clones_the_token_where_its_blind_masks_are():
+    logs = []
+    cfg = AdjustConfig(every_iters=10, window_iters=10, n_min=1, blind_max_overlap=0.1, blind_min_events=3,
+                       blind_min_distance_m=0.3)
+    strat = TokenAdjustStrategy(cfg, logs.append)
+    tok = _tokens(2)                                 # means (0, 0, 0) and (1, 0, 0)
+    cost = torch.tensor([[0.1, 1.9], [1.8, 1.9]])
+    rows, cols = hungarian(cost)                     # mask 0 -> token 0, mask 1 -> token 1
+    far = (4.0, 2.0, 1.0)
+    for it in range(1, 11):                          # every match of token 1 is blind, its mask 4.5 m away
+        strat.after_assignment(it, rows, cols, cost, 2, blind=[(1, (far[0] + 0.01 * (it % 3), far[1], far[2]))])
+    opt = torch.optim.Adam(tok.parameters(), lr=1e-3)
+    tok.means.sum().backward()
+    opt.step()
+    cls1 = tok.class_features.detach()[1].clone()
+    out = strat.step(11, tok, *_disjoint_probs(2), optimizer=opt)
+    assert out["clone_of"] == [1] and out["index_map"].tolist() == [0, 1, 1] and tok.n == 3
+    assert torch.allclose(tok.means.detach()[2], torch.tensor([4.01, 2.0, 1.0]), atol=1e-5)   # the median
+    assert torch.equal(tok.class_features.detach()[2], cls1)                                   # the class goes along
+    assert any("blind split token 1 -> new token 2" in m for m in logs)
+    # the state survives a round trip with the blind evidence
+    copy = TokenAdjustStrategy(cfg)
+    copy.load_state_dict(strat.state_dict())
+    assert copy.state_dict() == strat.state_dict()
+
+
+def test_blind_split_needs_distance_majority_and_the_rule_on():
+    def run(cfg, blind_every, where):
+        strat = TokenAdjustStrategy(cfg)
+        tok = _tokens(2)
+        cost = torch.tensor([[0.1, 1.9], [1.8, 1.9]])
+        rows, cols = hungarian(cost)
+        for it in range(1, 11):
+            strat.after_assignment(it, rows, cols, cost, 2, blind=[(1, where)] if it % blind_every == 0 else [])
+        return strat.step(11, tok, *_disjoint_probs(2))
+    on = AdjustConfig(every_iters=10, window_iters=10, n_min=1, blind_max_overlap=0.1, blind_min_events=3)
+    assert run(on, 1, (4.0, 2.0, 1.0)) is not None
+    assert run(on, 1, (1.1, 0.0, 0.0)) is None            # the masks are where the token is: a learning matter
+    assert run(on, 3, (4.0, 2.0, 1.0)) is None            # 3 blind of 10 matches: not its main job
+    off = AdjustConfig(every_iters=10, window_iters=10, n_min=1)
+    assert run(off, 1, (4.0, 2.0, 1.0)) is None           # blind_max_overlap = 0: the rule is off
+    late = AdjustConfig(every_iters=10, window_iters=10, n_min=1, blind_max_overlap=0.1, split_until_iters=5)
+    assert run(late, 1, (4.0, 2.0, 1.0)) is None
+
+
+def test_old_checkpoint_events_load():
+    strat = TokenAdjustStrategy(AdjustConfig())
+    strat.load_state_dict({"n": 2, "born": [0, 0], "persist": [0, 0], "events": [(1, [0, 1], [])], "last_check": 0})
+    assert list(strat.events) == [(1, [0, 1], [], [])]
