@@ -52,13 +52,11 @@ def vote_labels(points: np.ndarray, votes: np.ndarray) -> np.ndarray:
     """Per point [N] the class with the most votes (votes [N, C]; ties: the lower class id); points
     without a vote take the class of the nearest voted point (all 0 if none is voted)."""
     assert votes.shape[0] == points.shape[0]
-    labels = votes.argmax(axis=1).astype(np.int64)
+    labels = votes.argmax(axis=1).astype(np.int64)                                 # 0 where nothing voted
     has = votes.sum(axis=1) > 0
     if has.any() and not has.all():
         _, nn = cKDTree(points[has]).query(points[~has], k=1)
         labels[~has] = labels[has][nn]
-    elif not has.any():
-        labels[:] = 0
     return labels
 
 
@@ -79,7 +77,10 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
     for i in scene.split_indices(split):
         _, sem, _ = scene.load_masks(i)
         idx, lab = frame_votes(pts, scene.K, scene.c2w[i], scene.load_depth_m(i), sem, depth_tol_m)
-        np.add.at(votes, (idx, np.minimum(lab, n_cls - 1)), 1)
+        if lab.size and int(lab.max()) >= n_cls:
+            raise ValueError(f"{scene.root / 'masks' / 'semantic' / (scene.frame_ids[i] + '.png')}: class id "
+                             f"{int(lab.max())} is not in classes.json")
+        np.add.at(votes, (idx, lab), 1)
     pred = vote_labels(pts, votes)
     sm = semantic_metrics(confusion_matrix(pred, gt_sem, n_cls, ignore_gt=0))
     coverage = {names.get(int(c), str(c)): round(100.0 * float((votes[gt_sem == c, c] > 0).mean()), 1)

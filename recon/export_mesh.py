@@ -267,7 +267,7 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     margin in config.yaml and log.txt. Label images come from the fields and do not change. Culling twice with
     one margin removes nothing the second time. Returns the number of faces removed."""
     from recon.data.scene import load_scene
-    from recon.meshing import remove_unreferenced
+    from recon.meshing import cull_faces
     from recon.trainer import train_indices
     run = Path(run)
     lr = read_labelled_run(run, "mesh culling")
@@ -279,12 +279,10 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     scene = load_scene(Path(scene_txt.read_text().strip()), check_images=False)
     idx = train_indices(scene, s)
     depth_z = [scene.load_depth_m(i) for i in idx]                       # [H, W] each, z-depth in metres
-    verts, faces = lr["verts"], lr["faces"]
-    keep_v = observed_mask(verts, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front)   # [V]
-    kept = faces[keep_v[faces].all(axis=1)]                  # [F', 3] the rule of extract_mesh (keep_mode "all")
-    used = np.zeros(len(verts), bool)
-    used[kept.reshape(-1)] = True
-    new_v, new_f = remove_unreferenced(verts, kept)
+    faces = lr["faces"]
+    new_v, new_f, used = cull_faces(                          # the rule extract_mesh applies (keep_mode "all")
+        lr["verts"], faces, lambda p: observed_mask(p, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front),
+        return_used=True)
     removed = len(faces) - len(new_f)
     rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
     s.mesh.cull_front_margin_m = front

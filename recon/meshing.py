@@ -145,12 +145,13 @@ def extract_mesh(
     return verts, _canonical_faces(faces)
 
 
-def remove_unreferenced(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop vertices no face uses; keeps the relative vertex order."""
+def remove_unreferenced(verts: np.ndarray, faces: np.ndarray, return_used: bool = False):
+    """Drop vertices no face uses; keeps the relative vertex order. Returns (verts, faces), plus the
+    kept-vertex mask [V_old] bool with return_used (to select per-vertex attributes alike)."""
     used = np.zeros(len(verts), bool)
     used[faces.reshape(-1)] = True
     remap = np.cumsum(used) - 1
-    return verts[used], remap[faces]
+    return (verts[used], remap[faces], used) if return_used else (verts[used], remap[faces])
 
 
 def cull_faces(
@@ -159,8 +160,10 @@ def cull_faces(
     keep_fn: Callable[[np.ndarray], np.ndarray],
     keep_mode: str = "all",
     batch: int = 1 << 18,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep faces whose vertices pass ``keep_fn`` (all or any of the 3), then drop unused vertices."""
+    return_used: bool = False,
+):
+    """Keep faces whose vertices pass ``keep_fn`` (all or any of the 3), then drop unused vertices
+    (remove_unreferenced; return_used adds the kept-vertex mask)."""
     keep_v = np.concatenate(
         [np.asarray(keep_fn(verts[s : s + batch]), bool).reshape(-1) for s in range(0, len(verts), batch)]
         or [np.zeros(0, bool)]
@@ -168,7 +171,7 @@ def cull_faces(
     assert keep_v.shape == (len(verts),)
     per_face = keep_v[faces]  # [F, 3]
     keep_f = per_face.all(axis=1) if keep_mode == "all" else per_face.any(axis=1)
-    return remove_unreferenced(verts, faces[keep_f])
+    return remove_unreferenced(verts, faces[keep_f], return_used)
 
 
 # ----------------------------------------------------------------------------------------------
