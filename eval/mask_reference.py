@@ -1,4 +1,5 @@
-"""How much 3D semantics the 2D masks carry: a reference for semantic_3d, with no reconstruction.
+"""How much 3D semantics and instances the 2D masks carry: references for semantic_3d and
+instance_3d, with no reconstruction.
 
 The masks' class labels are lifted onto the observed GT mesh vertices (the points semantic_3d
 scores) using the GT geometry: in every training frame a vertex takes the mask class at the pixel
@@ -7,6 +8,13 @@ vertex is what that pixel saw) and the pixel is labelled; its class is the major
 vertices no mask labels take the class of the nearest labelled vertex. This is what lifting the
 labels by a plain vote gets with perfect geometry: a learned field may do better (it smooths and
 extrapolates) or worse (it must also find the geometry), so it is a reference, not a bound.
+
+instance_3d reference: the same vote with the masks' instances instead of their classes, each
+mask associated by an oracle with the GT thing instance it overlaps most in its frame (the GT
+instance image; a mask that overlaps no GT thing votes "no instance", as do stuff pixels). The
+association is perfect here, which no method has, so this reference is optimistic about
+association and says only what the masks cover: a GT instance the masks hardly ever cover stays
+uncovered unless a method extrapolates to it.
 
 Also reported per class, `label_coverage`: the share (%) of the class's observed GT vertices that
 at least one mask labels with their own class. A class the masks hardly ever label (a thin lamp
@@ -60,10 +68,34 @@ def vote_labels(points: np.ndarray, votes: np.ndarray) -> np.ndarray:
     return labels
 
 
+def oracle_instance_labels(mask_inst: np.ndarray, mask_sem: np.ndarray, gt_sem: np.ndarray, gt_inst: np.ndarray,
+                           key_index: dict[tuple[int, int], int]) -> np.ndarray:
+    """Per-pixel instance vote [H, W] of one frame's masks under oracle association: 0 = no vote
+    (unlabelled pixel), 1 = no instance (a stuff pixel, or a mask overlapping no GT thing instance),
+    2 + k = GT thing instance k, where key_index maps (GT class, GT instance) -> k. Each mask id
+    > 0 is associated with the GT instance (among key_index) it shares most pixels with."""
+    assert mask_inst.shape == mask_sem.shape == gt_sem.shape == gt_inst.shape, "label images differ in size"
+    out = np.zeros(mask_inst.shape, np.int64)
+    out[(mask_sem > 0) & (mask_inst == 0)] = 1
+    gk = np.full(gt_sem.shape, -1, np.int64)                                       # [H, W] GT instance index
+    for (c, i), k in key_index.items():
+        gk[(gt_sem == c) & (gt_inst == i)] = k
+    for m in np.unique(mask_inst):
+        if m == 0:
+            continue
+        sel = mask_inst == m
+        ks = gk[sel]
+        ks = ks[ks >= 0]
+        out[sel] = 2 + int(np.bincount(ks).argmax()) if ks.size else 1
+    return out
+
+
 def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> dict:
     """semantic_3d of the masks' labels lifted onto the observed GT vertices by vote (see the module
-    docstring), with per-class IoU and label coverage (%), keyed by class name."""
+    docstring), with per-class IoU and label coverage (%), keyed by class name; with GT instances
+    (vertex and image) also instance_3d of the masks' instances under oracle association."""
     from eval.evaluate import observed_gt
+    from eval.panoptic_metrics import instance_coverage
     if scene.gt_mesh_path is None or not scene.has_masks:
         raise ValueError(f"{scene.root}: the mask reference needs masks/ and gt/mesh.ply")
     gt = observed_gt(scene)
@@ -73,22 +105,48 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
     names = {c.id: c.name for c in scene.classes}
     n_cls = max([int(gt_sem.max(initial=0))] + list(names)) + 1
     votes = np.zeros((len(pts), n_cls), np.int64)                                 # [N, C]
+    with_inst = "vertex_instance" in gt and scene.has_gt_images
+    if with_inst:
+        things = set(scene.thing_ids())
+        keys = sorted({(int(c), int(i)) for c, i in zip(gt_sem, gt["vertex_instance"]) if c in things and i > 0})
+        key_index = {k: n for n, k in enumerate(keys)}
+        inst_votes = np.zeros((len(pts), 2 + len(keys)), np.int64)                # [N, 2 + K]
     split = split if split in scene.splits else "train"
     for i in scene.split_indices(split):
-        _, sem, _ = scene.load_masks(i)
-        idx, lab = frame_votes(pts, scene.K, scene.c2w[i], scene.load_depth_m(i), sem, depth_tol_m)
+        m_inst, sem, _ = scene.load_masks(i)
+        depth_m = scene.load_depth_m(i)
+        idx, lab = frame_votes(pts, scene.K, scene.c2w[i], depth_m, sem, depth_tol_m)
         if lab.size and int(lab.max()) >= n_cls:
             raise ValueError(f"{scene.root / 'masks' / 'semantic' / (scene.frame_ids[i] + '.png')}: class id "
                              f"{int(lab.max())} is not in classes.json")
         np.add.at(votes, (idx, lab), 1)
+        if with_inst:
+            g_sem, g_inst = scene.load_gt(i)
+            ivote = oracle_instance_labels(m_inst, sem, g_sem, g_inst, key_index)
+            idx, lab = frame_votes(pts, scene.K, scene.c2w[i], depth_m, ivote, depth_tol_m)
+            np.add.at(inst_votes, (idx, lab), 1)
     pred = vote_labels(pts, votes)
     sm = semantic_metrics(confusion_matrix(pred, gt_sem, n_cls, ignore_gt=0))
     coverage = {names.get(int(c), str(c)): round(100.0 * float((votes[gt_sem == c, c] > 0).mean()), 1)
                 for c in np.unique(gt_sem) if c > 0}
-    return {"semantic_3d": {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
-                            "per_class_iou": {names.get(k, str(k)): round(v, 3)
-                                              for k, v in sm["per_class_iou"].items()}},
-            "label_coverage": coverage, "split": split, "depth_tol_m": depth_tol_m,
+    out = {"semantic_3d": {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
+                           "per_class_iou": {names.get(k, str(k)): round(v, 3)
+                                             for k, v in sm["per_class_iou"].items()}}}
+    if with_inst:
+        # vote 1 = no instance -> id 0; vote 2 + k -> id k + 1 (one predicted id per GT instance)
+        pred_inst = np.maximum(vote_labels(pts, inst_votes) - 1, 0)
+        cov = instance_coverage(pred_inst, gt_sem, gt["vertex_instance"], scene.thing_ids())
+        gt_key = np.array([key_index.get((int(c), int(i)), -1) for c, i in zip(gt_sem, gt["vertex_instance"])])
+        per = {}
+        for (c, i), k in key_index.items():
+            g, p = gt_key == k, pred_inst == k + 1
+            per[f"{names.get(c, str(c))}#{i}"] = {
+                "iou": round(100.0 * float((g & p).sum() / max((g | p).sum(), 1)), 1),
+                "mask_coverage": round(100.0 * float((inst_votes[g, 2 + k] > 0).mean()), 1),
+                "n_vertices": int(g.sum())}
+        out["instance_3d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
+                              "n_gt_instances": cov["n_gt_instances"], "per_instance": per}
+    return {**out, "label_coverage": coverage, "split": split, "depth_tol_m": depth_tol_m,
             "n_vertices": int(len(pts))}
 
 
