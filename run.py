@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", type=Path, required=True, help="run folder")
     e.add_argument("--scene", type=Path, default=None, help="scene folder (default: the run's)")
     e.add_argument("--no-baseline", action="store_true", help="skip the TSDF-fusion baseline")
+    e.add_argument("--no-fields", action="store_true",
+                   help="skip semantic_3d_fields / instance_3d_fields (labels queried from the run's checkpoint "
+                        "at the GT vertices)")
 
     x = sub.add_parser("export", help="export a run (gazebo | ply | glb | obj)",
                        description="Export a fitted run: 'gazebo' writes an SDFormat world with one static model per "

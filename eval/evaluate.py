@@ -6,7 +6,9 @@ itself), METHOD.md section 9. semantic_3d: the predicted class at the vertices o
 GT faces, taken from the nearest predicted mesh vertex (semantic_3d_area_sampled: the same at
 points sampled area-uniformly on the observed GT surface, which weighs surfaces by area
 rather than by tessellation); instance_3d: mCov / mWCov of the GT instances at those vertices,
-labelled the same way. 2D (eval/panoptic_metrics.py): the run's rendered label images
+labelled the same way; semantic_3d_fields / instance_3d_fields: the same scores with the labels
+queried from the run's trained fields at those vertices (the paper's Sec. VI-C protocol; needs
+RUN/checkpoints/last.pt, skipped without it). 2D (eval/panoptic_metrics.py): the run's rendered label images
 RUN/labels/semantic|instance/<fid>.png (recon/data/run_labels.py) against gt/semantic|instance
 over all frames of the scene concatenated into one image: panoptic_2d (PQ at IoU > 0.5),
 panoptic_2d_paper (IoU > 0.3, the PanopticRecon++ threshold for Replica / ScanNet++),
@@ -181,7 +183,31 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
             "coverage": round(100 * m["coverage"], 2), "n_frames": len(frames), "pixel_stride": stride}
 
 
-def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print) -> dict:
+def field_label_metrics(run: Path, scene: Scene, gt: dict, log=print) -> dict:
+    """semantic_3d_fields / instance_3d_fields: labels queried from the run's trained fields at the
+    observed GT vertices (the paper's protocol, Sec. VI-C: "we query the ground truth point cloud ...
+    to suppress the effect of reconstruction quality"); {} when the run has no checkpoint."""
+    from recon.labels import run_point_labels
+    got = run_point_labels(run, gt["observed_vertices"])
+    if got is None:
+        log(f"{run} has no checkpoints/last.pt: semantic_3d_fields and instance_3d_fields skipped")
+        return {}
+    sem, inst = got
+    names = {c.id: c.name for c in scene.classes}
+    sm = semantic_metrics(confusion_matrix(sem, gt["vertex_semantic"], scene.n_classes, ignore_gt=0))
+    out = {"semantic_3d_fields": {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
+                                  "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
+                                                    for k, v in sm["per_class_iou"].items()}}}
+    if "vertex_instance" in gt:
+        cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
+        out["instance_3d_fields"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
+                                     "n_gt_instances": cov["n_gt_instances"],
+                                     "n_pred_instances": cov["n_pred_instances"]}
+    return out
+
+
+def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print,
+                 fields: bool = True) -> dict:
     run = Path(run)
     mesh_path = run / "mesh.ply"
     if not mesh_path.is_file():
@@ -225,6 +251,8 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
                                       "n_pred_instances": cov["n_pred_instances"]}
         elif "vertex_instance" in gt:
             log(f"{mesh_path} has no 'instance' vertex property: instance_3d skipped")
+        if "vertex_semantic" in gt and fields:
+            metrics.update(field_label_metrics(run, scene, gt, log))
         if baseline:
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
             metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),
@@ -258,6 +286,6 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
 
 
 def eval_command(args) -> int:
-    m = evaluate_run(args.run, args.scene, baseline=not args.no_baseline)
+    m = evaluate_run(args.run, args.scene, baseline=not args.no_baseline, fields=not args.no_fields)
     print(json.dumps(m, indent=1))
     return 0

@@ -128,6 +128,21 @@ def test_eval_writes_metric_keys(tiny_scene, tmp_path):
     assert set(m["baselines"]["tsdf_fusion"]["geometry"]) >= {"f1", "chamfer_l1_cm"}
     assert m["baselines"]["tsdf_fusion"]["geometry"]["f1"] > 50  # fusion of exact depth is good even here
     assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    assert set(m["semantic_3d_fields"]) >= {"miou", "macc"} and set(m["instance_3d_fields"]) >= {"mcov", "mwcov"}
+    # queried at the run's own mesh vertices, the fields give the mesh's labels (same query, same id map)
+    from recon.labels import run_point_labels
+    from recon.meshing import read_ply
+    v, _, _, props = read_ply(run / "mesh.ply")
+    sem, inst = run_point_labels(run, v)
+    np.testing.assert_array_equal(sem, props["semantic"])
+    np.testing.assert_array_equal(inst, props["instance"])
+    # without a checkpoint the field metrics are skipped, with a message
+    import shutil
+    shutil.rmtree(run / "checkpoints")
+    logged = []
+    m2 = evaluate_run(run, baseline=False, log=logged.append)
+    assert "semantic_3d_fields" not in m2 and "instance_3d_fields" not in m2 and "semantic_3d" in m2
+    assert any("no checkpoints/last.pt" in line for line in logged)
 
 
 def test_render_command_writes_images(tiny_scene, tmp_path):
