@@ -13,6 +13,7 @@ Layout of the output folder DIR:
     DIR/cells/<cell_id>/run/            the run folder (RUN/metrics.json from eval/evaluate.py)
     DIR/cells/<cell_id>/cell.json       status done | failed, error, traceback, wall time, config hash
     DIR/cells/<cell_id>/output.log      the cell's console output
+    DIR/references/<scene_key>.json     what the scene's masks carry in 3D (eval/mask_reference.py), cached
     DIR/results.json                    every metric of every cell (schema: eval/bench_schema.json)
     DIR/report.md + DIR/*.png           tables and plots (eval/bench_report.py)
 
@@ -695,7 +696,7 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
             n_failed += 1
             log(f"{head}: FAILED in {rec.get('wall_seconds', 0):.0f} s: {rec.get('error')}")
     log(f"suite {suite.name}: {n_done} computed, {n_skipped} already done, {n_failed} failed")
-    results = collect_results(suite, out)
+    results = collect_results(suite, out, ensure_references(suite, out, log))
     write_results(results, out)
     from eval.bench_report import write_report
     write_report(results, out, out)
@@ -703,8 +704,60 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
     return results
 
 
-def collect_results(suite: Suite, out: Path) -> dict:
-    """results.json contents from the cell folders (every cell of the suite; pending where never run)."""
+def scene_fingerprint(scene_dir: Path) -> str:
+    """A hash of the names, sizes and modification times of a scene's masks/ and gt/mesh.ply: what the
+    mask reference reads (besides poses and depth, which a scene does not change without its masks)."""
+    h = hashlib.sha256()
+    scene_dir = Path(scene_dir)
+    files = sorted(p for p in (scene_dir / "masks").rglob("*") if p.is_file()) + \
+        [p for p in [scene_dir / "gt" / "mesh.ply"] if p.is_file()]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(scene_dir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_references(suite: Suite, out: Path, log=print) -> dict[str, dict]:
+    """The mask references (eval/mask_reference.py) of the suite's scenes that exist under `out` (or as
+    scene folders), computed once into DIR/references/<scene_key>.json and recomputed when the scene's
+    masks or GT mesh change: {scene key: {"semantic_3d_miou", "instance_3d_mcov"}}. Scenes without masks,
+    a GT mesh or GT labels are left out; a scene whose reference fails is logged and left out."""
+    from eval.mask_reference import mask_reference
+    from recon.data.scene import load_scene
+    refs: dict[str, dict] = {}
+    seen = set()
+    for cell in suite_cells(suite):
+        key = cell.scene_key
+        if key in seen:
+            continue
+        seen.add(key)
+        scene_dir = Path(cell.scene.path) if cell.scene.path is not None else out / "scenes" / key
+        if not (scene_dir / "classes.json").is_file() or not (scene_dir / "masks").is_dir() \
+                or not (scene_dir / "gt" / "mesh.ply").is_file():
+            continue
+        path = out / "references" / f"{key}.json"
+        stamp = scene_fingerprint(scene_dir)
+        doc = json.loads(path.read_text()) if path.is_file() else None
+        if doc is None or doc.get("fingerprint") != stamp:
+            try:
+                ref = mask_reference(load_scene(scene_dir, check_images=False))
+            except Exception as exc:   # noqa: BLE001 - a reference is optional; the cells are what matter
+                log(f"mask reference of {key} failed: {type(exc).__name__}: {exc}")
+                continue
+            doc = {"fingerprint": stamp, "reference": ref}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(json_clean(doc), indent=1) + "\n")
+            log(f"mask reference of {key}: semantic_3d {ref['semantic_3d']['miou']:.1f}"
+                + (f", instance_3d {ref['instance_3d']['mcov']:.1f}" if "instance_3d" in ref else ""))
+        ref = doc["reference"]
+        refs[key] = {"semantic_3d_miou": ref["semantic_3d"]["miou"],
+                     "instance_3d_mcov": ref.get("instance_3d", {}).get("mcov")}
+    return json_clean(refs)
+
+
+def collect_results(suite: Suite, out: Path, references: dict[str, dict] | None = None) -> dict:
+    """results.json contents from the cell folders (every cell of the suite; pending where never run),
+    with the scenes' mask references (ensure_references) under "references"."""
     cells_out = []
     for cell in suite_cells(suite):
         cell_dir = out / "cells" / cell.cell_id
@@ -748,6 +801,7 @@ def collect_results(suite: Suite, out: Path) -> dict:
         "methods": [{"name": m.name, "label": m.title(), "kind": m.kind, "overrides": list(m.overrides)}
                     for m in suite.methods],
         "notes": read_notes(out),
+        "references": references or {},
         "cells": cells_out,
     })
 
@@ -807,7 +861,8 @@ def bench_command(args) -> int:
     if args.report_only:
         if not (out / "cells").is_dir():
             raise FileNotFoundError(f"{out} holds no bench cells ({out / 'cells'} missing); run the suite first")
-        results = collect_results(suite, out)
+        results = collect_results(suite, out, ensure_references(suite, out,
+                                                                 lambda m: print(m, file=sys.stderr)))
         write_results(results, out)
         from eval.bench_report import write_report
         write_report(results, out, out)

@@ -224,6 +224,39 @@ def provenance_lines(cells: list[dict]) -> list[str]:
     return out
 
 
+def references_section(results: dict) -> list[str]:
+    """Markdown lines: the scenes' mask references next to each method's 3D scores, per scene group
+    (means over the seeds that have both); [] without references."""
+    refs = results.get("references") or {}
+    if not refs:
+        return []
+    methods = [m["label"] for m in results["methods"]]
+    groups: dict[str, dict] = {}
+    for c in results["cells"]:
+        if c["scene"] not in refs:
+            continue
+        g = groups.setdefault(c["scene_group"], {"scenes": set(), "cells": {}})
+        g["scenes"].add(c["scene"])
+        if c["status"] == "done":
+            g["cells"].setdefault(c["method_label"], []).append(c)
+
+    def cell(ref_key: str, sum_key: str, g: dict) -> str:
+        vals = [_fmt(_mean([refs[sc][ref_key] for sc in sorted(g["scenes"])]), 1)]
+        vals += [_fmt(_mean([c["summary"].get(sum_key) for c in g["cells"].get(m, [])]), 1) for m in methods]
+        return " / ".join(vals)
+
+    who = " / ".join(["masks"] + methods)
+    lines = ["", "## What the masks carry in 3D", "",
+             "A reference with no reconstruction (eval/mask_reference.py): the masks' class labels voted onto the "
+             "observed GT vertices with the GT geometry (semantic_3d), and the masks' instances voted the same way "
+             "after an oracle associates each mask with the GT instance it overlaps most (instance_3d). A method "
+             "can beat it by extrapolating, but it says what the masks cover. Means over the scene's seeds.", "",
+             f"| scene | semantic_3d mIoU: {who} | instance_3d mCov: {who} |", "|---|---|---|"]
+    for name, g in groups.items():
+        lines.append(f"| {name} | {cell('semantic_3d_miou', 'miou_3d', g)} | {cell('instance_3d_mcov', 'mcov_3d', g)} |")
+    return lines
+
+
 def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: str = "",
                     regenerate: str | None = None) -> str:
     """The report text; figures: scene key -> PNG file names (relative to image_prefix)."""
@@ -277,6 +310,7 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
                 [_fmt(_mean([c["summary"].get(k) for c in cs]), d) for k, _, d in COLUMNS]
             lines.append("| " + " | ".join(row) + " |")
             last = sg
+    lines += references_section(results)
     lines += ["", "## Speed: fit time to reach a share of the scene's best PQ@0.5", "",
               "On the monitor frames (a fixed subset of evaluation frames rendered during the fit). Target = "
               "share x the best final PQ@0.5 of any method on that scene; – = not reached.", "",

@@ -1,6 +1,7 @@
 """Benchmark harness: resume skips finished cells, a crashing cell is recorded and the suite goes on,
 results.json validates, report.md and its plots are written; the pure rules by hand-computed cases."""
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     assert status["fusion"]["fit_device"] == "cpu" and status["broken"]["fit_device"] is None
     assert f"- fit devices: {status['ours']['fit_device']} (1 fit)" in report and "| fit on |" in report
     assert res["notes"] is None and "## Notes" not in report
+    # the scene's mask reference, cached in the bench folder, beside each method's 3D scores
+    ref = res["references"]["room-realistic-s0"]
+    assert 0 <= ref["semantic_3d_miou"] <= 100 and 0 <= ref["instance_3d_mcov"] <= 100
+    assert (out / "references" / "room-realistic-s0.json").is_file()
+    assert any(ln.startswith("mask reference of room-realistic-s0: semantic_3d") for ln in lines)
+    assert "## What the masks carry in 3D" in report
+    assert "| scene | semantic_3d mIoU: masks / ours / broken / TSDF fusion + voting |" in report
+    row = next(ln for ln in report.splitlines() if ln.startswith("| room-realistic | "))
+    assert row.split(" | ")[1].split(" / ")[0] == f"{ref['semantic_3d_miou']:.1f}"
+    assert row.split(" | ")[1].split(" / ")[2] == "–"                           # the failed cell
     (out / "NOTES.md").write_text("The fits of this suite shared one machine.\n")
 
     # resume: the done cells are skipped untouched, the failed one is tried again
@@ -88,6 +99,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     lines.clear()
     res2 = run_suite(tiny_suite(), out, isolate=False, progress=False, log=lines.append)
     assert sum("skipped" in ln for ln in lines) == 2, lines
+    assert not any(ln.startswith("mask reference of") for ln in lines)       # cached
     assert any("broken: FAILED" in ln for ln in lines)
     for m, t in stamps.items():
         assert (out / "cells" / f"room-realistic-s0__{m}" / "cell.json").stat().st_mtime_ns == t
@@ -112,6 +124,13 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, monkeypatch):
     assert (repo / "BENCHMARKS.md").read_text() == md
     assert "](docs/bench_ablation/curves_room-realistic-s0.png)" in (repo / "BENCHMARKS_ablation.md").read_text()
     assert (repo / "docs" / "bench" / "panoptic_room-realistic-s0.png").is_file()
+    # a changed mask invalidates the cached reference
+    from eval.bench import ensure_references
+    mask = sorted((out / "scenes" / "room-realistic-s0" / "masks" / "instance").glob("*.png"))[0]
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    lines.clear()
+    assert ensure_references(tiny_suite(), out, lines.append) == res["references"]
+    assert len(lines) == 1 and lines[0].startswith("mask reference of room-realistic-s0")
     # a suite with cells never run lists them as not run yet
     bigger = replace(tiny_suite(), seeds=(0, 1))
     res3 = run_suite(bigger, out, isolate=False, progress=False, only="*-s0__*", log=lines.append)
