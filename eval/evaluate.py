@@ -183,6 +183,21 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
             "coverage": round(100 * m["coverage"], 2), "n_frames": len(frames), "pixel_stride": stride}
 
 
+def semantic_3d_block(pred: np.ndarray, gt_labels: np.ndarray, scene: Scene) -> dict:
+    """{miou, macc, per_class_iou by class name} of predicted class ids [N] against GT class ids [N]."""
+    names = {c.id: c.name for c in scene.classes}
+    sm = semantic_metrics(confusion_matrix(pred, gt_labels, scene.n_classes, ignore_gt=0))
+    return {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
+            "per_class_iou": {names.get(int(k), str(k)): round(v, 3) for k, v in sm["per_class_iou"].items()}}
+
+
+def instance_3d_block(inst: np.ndarray, gt: dict, scene: Scene) -> dict:
+    """{mcov, mwcov, n_gt_instances, n_pred_instances} of predicted instance ids [N] at the observed GT vertices."""
+    cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
+    return {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
+            "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"]}
+
+
 def field_label_metrics(run: Path, scene: Scene, gt: dict, log=print) -> dict:
     """semantic_3d_fields / instance_3d_fields: labels queried from the run's trained fields at the
     observed GT vertices (the paper's protocol, Sec. VI-C: "we query the ground truth point cloud ...
@@ -193,16 +208,9 @@ def field_label_metrics(run: Path, scene: Scene, gt: dict, log=print) -> dict:
         log(f"{run} has no checkpoints/last.pt: semantic_3d_fields and instance_3d_fields skipped")
         return {}
     sem, inst = got
-    names = {c.id: c.name for c in scene.classes}
-    sm = semantic_metrics(confusion_matrix(sem, gt["vertex_semantic"], scene.n_classes, ignore_gt=0))
-    out = {"semantic_3d_fields": {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
-                                  "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
-                                                    for k, v in sm["per_class_iou"].items()}}}
+    out = {"semantic_3d_fields": semantic_3d_block(sem, gt["vertex_semantic"], scene)}
     if "vertex_instance" in gt:
-        cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
-        out["instance_3d_fields"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
-                                     "n_gt_instances": cov["n_gt_instances"],
-                                     "n_pred_instances": cov["n_pred_instances"]}
+        out["instance_3d_fields"] = instance_3d_block(inst, gt, scene)
     return out
 
 
@@ -235,20 +243,13 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         metrics["geometry"] = mesh_geometry(pred["vertices"], pred["faces"], gt)
         metrics["geometry"]["gt_faces_observed"] = gt["n_faces_observed"]
         if "point_semantic" in gt and "semantic" in pred["props"]:
-            names = {c.id: c.name for c in scene.classes}
             for key, pts, labels in (("semantic_3d", gt["observed_vertices"], gt["vertex_semantic"]),
                                      ("semantic_3d_area_sampled", gt["points"], gt["point_semantic"])):
                 lab = semantic_at_points(pred["vertices"], pred["props"]["semantic"], pts)
-                sm = semantic_metrics(confusion_matrix(lab, labels, scene.n_classes, ignore_gt=0))
-                metrics[key] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3),
-                                "per_class_iou": {names.get(int(k), str(k)): round(v, 3)
-                                                  for k, v in sm["per_class_iou"].items()}}
+                metrics[key] = semantic_3d_block(lab, labels, scene)
         if "vertex_instance" in gt and "vertex_semantic" in gt and "instance" in pred["props"]:
             inst = semantic_at_points(pred["vertices"], pred["props"]["instance"], gt["observed_vertices"])
-            cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
-            metrics["instance_3d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
-                                      "n_gt_instances": cov["n_gt_instances"],
-                                      "n_pred_instances": cov["n_pred_instances"]}
+            metrics["instance_3d"] = instance_3d_block(inst, gt, scene)
         elif "vertex_instance" in gt:
             log(f"{mesh_path} has no 'instance' vertex property: instance_3d skipped")
         if "vertex_semantic" in gt and fields:
