@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge-fragments", help="merge small same-class fragment instances of a finished run",
                        description="Post-process a finished run (no model needed): a small instance merges into the "
-                                   "same-class instance it touches on the mesh (recon/fragments.py); rewrites "
+                                   "same-class instance it touches on the mesh (recon/postfit/fragments.py); rewrites "
                                    "mesh.ply, instances/, instances.json and labels/instance/ with one id map. "
                                    "Runs fitted with panoptic.merge_fragments=true have it applied already.")
     m.add_argument("--run", type=Path, required=True)
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")
-    b.add_argument("--suite", default="quick", help="quick | standard | ablation (eval/bench.py SUITES)")
+    b.add_argument("--suite", default="quick", help="quick | standard | ablation (app/bench/suites.py SUITES)")
     b.add_argument("--out", type=Path, default=None, help="bench folder (default runs/bench/SUITE)")
     b.add_argument("--force", action="store_true", help="recompute cells that are done")
     b.add_argument("--only", default=None, metavar="PATTERN",
@@ -157,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute nothing: rebuild results.json and report.md from the cells in --out")
     b.add_argument("--publish", action="store_true",
                    help="also write BENCHMARKS.md and docs/bench/ (plots, results.json) in the repository")
+
+    k = sub.add_parser("config", help="list every setting: type, default, current value, help",
+                       description="Print every setting of `fit` (or `synth`) with its type, default, the value that "
+                                   "--config and the key=value overrides give, and one line of help. The same "
+                                   "checks as the command itself apply, so it also validates a settings file.")
+    k.add_argument("--for", dest="command_settings", choices=["fit", "synth"], default="fit",
+                   help="whose settings (default: fit)")
+    k.add_argument("--config", type=Path, default=None,
+                   help="YAML settings file (default: the command's own, configs/quick.yaml or configs/synth.yaml)")
+    k.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. train.iters=2000")
 
     d = sub.add_parser("demo", help="the default job: synth room -> fit -> eval (needs no download)",
                        description="Generate the synthetic 'room' scene, reconstruct it, evaluate it and export it.")
@@ -169,13 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from recon import commands  # imported late so that --help stays fast
+    from app import commands  # imported late so that --help stays fast
     handler = getattr(commands, f"cmd_{args.command.replace('-', '_')}")
     try:
         return int(handler(args) or 0)
     except commands.UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                # output piped into a reader that stopped early (| head): not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

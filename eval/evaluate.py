@@ -8,8 +8,9 @@ points sampled area-uniformly on the observed GT surface, which weighs surfaces 
 rather than by tessellation); instance_3d: mCov / mWCov of the GT instances at those vertices,
 labelled the same way; semantic_3d_fields / instance_3d_fields: the same scores with the labels
 queried from the run's trained fields at those vertices (the paper's Sec. VI-C protocol; needs
-RUN/checkpoints/last.pt, skipped without it). 2D (eval/panoptic_metrics.py): the run's rendered label images
-RUN/labels/semantic|instance/<fid>.png (recon/data/run_labels.py) against gt/semantic|instance
+RUN/checkpoints/last.pt, skipped without it; the query itself is passed in as `point_labeller`, since eval
+knows no model). 2D (eval/panoptic_metrics.py): the run's rendered label images
+RUN/labels/semantic|instance/<fid>.png (recon/data/run_files.py) against gt/semantic|instance
 over all frames of the scene concatenated into one image: panoptic_2d (PQ at IoU > 0.5),
 panoptic_2d_paper (IoU > 0.3, the PanopticRecon++ threshold for Replica / ScanNet++),
 semantic_2d, instance_2d; the same for the held-out frames ("eval" minus "train") under
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -30,11 +32,15 @@ from scipy.spatial import cKDTree
 from eval.baselines.tsdf import tsdf_fusion
 from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points, semantic_metrics,
                           visible_face_mask)
+from eval.mesh_utils import raycast_depth
 from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
-from recon.config import atomic_write_text
-from recon.meshing import read_ply
-from recon.data.run_labels import has_label_images, missing_label_frames, read_label_images
+from recon.core.io import atomic_write_text
+from recon.data.ply import read_ply
+from recon.data.run_files import depth_pixel_grid, has_label_images, missing_label_frames, read_label_images
 from recon.data.scene import Scene, load_scene
+
+# (run folder, world points [N, 3]) -> (class id [N], instance id [N]), or None when the run cannot be queried
+PointLabeller = Callable[[Path, np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
 
 N_POINTS = 200_000
 THRESHOLD_M = 0.05
@@ -163,8 +169,6 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
     rendered (every `stride`th pixel): the run's RUN/depth_heldout/<frame>.png, or, with `mesh`
     (vertices, faces), that mesh ray cast from the same poses (the TSDF baseline)."""
     from PIL import Image
-    from eval.mesh_utils import raycast_depth
-    from recon.labels import depth_pixel_grid
     H, W = scene.height, scene.width
     grid = depth_pixel_grid(H, W, stride)
     preds, gts, masks = [], [], []
@@ -198,12 +202,12 @@ def instance_3d_block(inst: np.ndarray, gt: dict, scene: Scene) -> dict:
             "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"]}
 
 
-def field_label_metrics(run: Path, scene: Scene, gt: dict, log=print) -> dict:
+def field_label_metrics(run: Path, scene: Scene, gt: dict, point_labeller: PointLabeller, log=print) -> dict:
     """semantic_3d_fields / instance_3d_fields: labels queried from the run's trained fields at the
     observed GT vertices (the paper's protocol, Sec. VI-C: "we query the ground truth point cloud ...
-    to suppress the effect of reconstruction quality"); {} when the run has no checkpoint."""
-    from recon.labels import run_point_labels
-    got = run_point_labels(run, gt["observed_vertices"])
+    to suppress the effect of reconstruction quality") by `point_labeller`; {} when it returns None
+    (the run has no checkpoint)."""
+    got = point_labeller(run, gt["observed_vertices"])
     if got is None:
         log(f"{run} has no checkpoints/last.pt: semantic_3d_fields and instance_3d_fields skipped")
         return {}
@@ -215,7 +219,9 @@ def field_label_metrics(run: Path, scene: Scene, gt: dict, log=print) -> dict:
 
 
 def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print,
-                 fields: bool = True) -> dict:
+                 point_labeller: PointLabeller | None = None) -> dict:
+    """Every metric of the run folder `run` against its scene's ground truth, written to RUN/metrics.json.
+    point_labeller: the field query for semantic_3d_fields / instance_3d_fields (None: those are skipped)."""
     run = Path(run)
     mesh_path = run / "mesh.ply"
     if not mesh_path.is_file():
@@ -252,8 +258,8 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
             metrics["instance_3d"] = instance_3d_block(inst, gt, scene)
         elif "vertex_instance" in gt:
             log(f"{mesh_path} has no 'instance' vertex property: instance_3d skipped")
-        if "vertex_semantic" in gt and fields:
-            metrics.update(field_label_metrics(run, scene, gt, log))
+        if "vertex_semantic" in gt and point_labeller is not None:
+            metrics.update(field_label_metrics(run, scene, gt, point_labeller, log))
         if baseline:
             b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
             metrics["baselines"] = {"tsdf_fusion": {"geometry": mesh_geometry(b["vertices"], b["faces"], gt),
@@ -284,9 +290,3 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     log(f"wrote {run / 'metrics.json'}")
     return metrics
-
-
-def eval_command(args) -> int:
-    m = evaluate_run(args.run, args.scene, baseline=not args.no_baseline, fields=not args.no_fields)
-    print(json.dumps(m, indent=1))
-    return 0

@@ -151,7 +151,7 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recon.config import atomic_write_text
+    from recon.core.io import atomic_write_text
     from recon.data.scene import load_scene
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scene", type=Path, required=True)

@@ -1,6 +1,6 @@
 """Ray casting helpers for evaluation: pixel rays, depth / triangle-id rendering of a mesh.
 
-Conventions (see /work/shared/SCENE_FORMAT.md):
+Conventions (see docs/scene_format.md):
 - OpenCV pinhole camera: x right, y down, z forward; integer pixel (u, v) is the
   pixel centre and its camera-frame ray is ((u - cx) / fx, (v - cy) / fy, 1).
 - `c2w` [4, 4] maps camera coordinates to world coordinates (metres).

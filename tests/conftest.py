@@ -1,4 +1,9 @@
-"""Shared test set-up: repository root on sys.path, few threads, shared data location."""
+"""Shared test set-up: repository root on sys.path, few threads, the location of the real sample data.
+
+RECON_SAMPLE_DATA: a folder holding the small real RGB-D samples (replica_room0_20f/, a Replica
+sequence in the NICE-SLAM layout, and 7scenes_redkitchen_100/, a 7-Scenes sequence). Tests that need
+them skip, saying so, when the variable is unset or the sample is missing.
+"""
 import os
 import sys
 from pathlib import Path
@@ -9,7 +14,7 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_DATA = Path(os.environ["RECON_SAMPLE_DATA"]) if os.environ.get("RECON_SAMPLE_DATA") else None
 
 import pytest
 

@@ -84,7 +84,7 @@ class AdjustConfig:
     blind_max_overlap: float = 0.0    # blind split: a match covering less than this share of the mask is blind (0 = off)
     blind_min_events: int = 3         # blind split: blind matches in the window a token needs (and half its matches)
     blind_min_distance_m: float = 0.3  # blind split: only if the blind masks' median centroid is this far from the token
-    enabled: bool = True
+    enabled: bool = True              # the rules run at all (tokens.adjust=false switches them off too)
 
 
 # ----------------------------------------------------------------------------- pure functions

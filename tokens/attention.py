@@ -7,7 +7,7 @@ exp(S * G). We use the unnormalised product
 
 as token i's *binary* mask probability at point j, which is what Eq. 15 (l_I = N independent,
 unnormalised binary predictions) and the dice / BCE losses (Eq. 28-30) need. The tokens
-compete only later, in the panoptic head (recon/panoptic.py), where l_I is normalised over
+compete only later, in the panoptic head (recon/model/panoptic_head.py), where l_I is normalised over
 tokens.
 
 Memory: ``spatial_prior`` forms the offsets p - mu as an [M, N, 3] float32 tensor (kept for

@@ -53,10 +53,10 @@ import yaml
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from recon.config import atomic_write_text, staged_dir
-from recon.data.run_labels import write_label_images
+from recon.core.io import atomic_write_text, staged_dir
+from recon.data.run_files import write_label_images
 from recon.data.scene import Scene, SceneError, load_scene
-from recon.meshing import write_ply
+from recon.data.ply import write_ply
 
 
 @dataclass
@@ -414,7 +414,7 @@ def run_fusion_baseline(scene_dir: str | Path, out_run: str | Path, voxel_size_m
     """
     from eval.baselines.tsdf import tsdf_fusion
     from eval.mesh_utils import make_raycasting_scene
-    from recon.runlog import peak_rss_mb
+    from recon.core.runfolder import peak_rss_mb
 
     s = FusionSettings(voxel_size_m=voxel_size_m, **settings)
     assert s.voxel_size_m > 0 and s.visibility_tol_m > 0 and 0 <= s.overlap_threshold < 1

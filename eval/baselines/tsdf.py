@@ -1,7 +1,7 @@
 """TSDF-fusion peer baseline: Open3D tensor VoxelBlockGrid (CPU) + marching cubes.
 
 Units: depth in metres (z-depth, 0 = invalid), poses camera-to-world in metres with
-OpenCV camera axes (see /work/shared/SCENE_FORMAT.md). The legacy
+OpenCV camera axes (see docs/scene_format.md). The legacy
 ScalableTSDFVolume is deliberately not used (it returned empty meshes on this
 machine's CPU build).
 

@@ -22,7 +22,7 @@ sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth); nothing is downloaded except, if th
 GroundingDINO config names a Hugging Face model ("bert-base-uncased") and no local
 folder is given with --text-encoder, that text encoder through the Hugging Face cache.
 
-The pure parts (resizing, box conversion, NMS, detection selection) need only numpy;
+The pure parts (resizing, box conversion, detection selection) need only numpy, NMS torchvision;
 the model parts import torch, torchvision, segment_anything and groundingdino lazily.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.config import ConfigError
+from recon.core.config import ConfigError
 from recon.data.mask_sim import FrameMasks
 from recon.data.mask_source import merge_masks
 from recon.data.prompts import (PromptTable, build_caption, load_prompt_table, resolve_classes,
@@ -84,33 +84,15 @@ def boxes_cxcywh_to_xyxy_px(boxes: np.ndarray, width: int, height: int) -> np.nd
     return xyxy
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[N, M] IoU of [N, 4] and [M, 4] xyxy boxes (0 for empty unions)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def nms_per_class(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Indices kept by greedy NMS within each class, by descending score (ties: lower index).
-
-    A box is suppressed when its IoU with a kept box of the same class exceeds `iou_thr`.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    """Indices kept by greedy NMS within each class (torchvision.ops.batched_nms), by descending score
+    (ties: lower index). A box is suppressed when its IoU with a kept box of the same class exceeds `iou_thr`."""
+    import torch
+    from torchvision.ops import batched_nms
     scores = np.asarray(scores, np.float64).reshape(-1)
-    classes = np.asarray(classes).reshape(-1)
-    order = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
-    iou = box_iou(boxes, boxes)
-    kept: list[int] = []
-    for k in order:
-        if all(classes[j] != classes[k] or iou[k, j] <= iou_thr for j in kept):
-            kept.append(k)
-    return np.array(sorted(kept, key=lambda k: (-scores[k], k)), dtype=np.int64)
+    keep = batched_nms(torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)), torch.as_tensor(scores),
+                       torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)), float(iou_thr)).numpy()
+    return np.array(sorted(keep.tolist(), key=lambda k: (-scores[k], k)), dtype=np.int64)
 
 
 @dataclass

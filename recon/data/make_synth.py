@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.config import ConfigError, to_dict
+from recon.core.config import ConfigError, to_dict
 from recon.data.mask_sim import NOISE_LEVELS, noise_config, simulate_scene_masks
 from recon.data.scene import FrameRecord, write_scene
 from recon.data.synth import CONFUSABLE, PRESETS, generate_scene
-from recon.meshing import write_ply
-from recon.schema import SynthSettings
+from recon.data.ply import write_ply
+from recon.core.settings import SynthSettings
 
 
 def check_synth_settings(s: SynthSettings) -> None:

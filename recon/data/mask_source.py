@@ -30,9 +30,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from recon.config import ConfigError, atomic_write_bytes, atomic_write_text
+from recon.core.config import ConfigError
+from recon.core.io import atomic_write_bytes, atomic_write_text
 from recon.data.mask_sim import FrameMasks
-from recon.data.run_labels import png16_bytes
+from recon.data.run_files import png16_bytes
 from recon.data.scene import ClassInfo, Scene, load_scene, replace_masks
 
 WORK_DIR = ".segment-work"

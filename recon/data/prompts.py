@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recon.config import ConfigError, load_config
+from recon.core.config import ConfigError, load_config
 from recon.data.scene import ClassInfo
 
 CAPTION_SEP = " . "  # GroundingDINO's phrase separator; the caption ends with " ."

@@ -1,4 +1,4 @@
-"""The scene folder (../shared/SCENE_FORMAT.md): validating reader and atomic writer.
+"""The scene folder (docs/scene_format.md): validating reader and atomic writer.
 
 `load_scene` checks a whole folder before any work starts and raises `SceneError`
 with one line per problem, each naming the file. `write_scene` is the only way
@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from recon.config import staged_dir
+from recon.core.io import staged_dir
 
 FRAME_ID_RE = re.compile(r"^\d{6}$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -620,7 +620,7 @@ def replace_masks(root: str | Path, masks: Iterable[tuple[str, np.ndarray, np.nd
             (tmp / "scores" / f"{fid}.json").write_text(_scores_json(scores))
         old_classes = (root / "classes.json").read_bytes() if (root / "classes.json").exists() else None
         if classes is not None:
-            from recon.config import atomic_write_text
+            from recon.core.io import atomic_write_text
             atomic_write_text(root / "classes.json", json.dumps(classes_to_json(classes), indent=1) + "\n")
         backup = root / f".masks.old-{os.getpid()}"
         had_old = (root / "masks").exists()

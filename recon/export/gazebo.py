@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 from tqdm import tqdm
 
-from recon.config import atomic_write_text
+from recon.core.io import atomic_write_text
 from recon.export.collision import collision_mesh
 from recon.export.frames import UpFrame, apply_transform
 from recon.export.meshes import write_obj

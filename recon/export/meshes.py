@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.config import atomic_write_bytes, atomic_write_text
+from recon.core.io import atomic_write_bytes, atomic_write_text
 
 COLOR_MODES = ("rgb", "semantic", "instance")
 MAX_FACES_CELL4 = 1 << 20        # 1M faces -> at most 4096 x 4096 texels with 4x4 cells

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.meshing import read_ply
-from recon.export_mesh import face_labels as face_instance_labels  # one face-labelling rule for RUN/instances/ and export
+from recon.data.ply import read_ply
+from recon.data.run_files import face_labels as face_instance_labels  # one face-labelling rule for RUN/instances/ and export
 
 
 class ExportError(ValueError):

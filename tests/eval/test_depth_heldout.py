@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from eval.evaluate import depth_errors
-from recon.labels import sdf_surface_depth
+from recon.model.inference import sdf_surface_depth
 
 
 class _Plane:

@@ -3,6 +3,7 @@ run on a hand-made scene (two same-class boxes on a floor, exact ray-cast depth,
 frame-local ids) scored by eval.evaluate.evaluate_run, which also checks the run-folder layout and the
 2D / 3D panoptic blocks of metrics.json."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def _make_scene(root):
     trimesh = pytest.importorskip("trimesh")
     from eval.mesh_utils import raycast_depth_and_labels
     from recon.data.scene import FrameRecord, write_scene
-    from recon.meshing import write_ply
+    from recon.data.ply import write_ply
 
     parts = [(trimesh.creation.box(extents=(2.4, 2.4, 0.1)), [0, 0, -0.05], 1, 0),
              (trimesh.creation.box(extents=(0.3, 0.3, 0.3)), [-0.4, 0.0, 0.15], 2, 1),
@@ -141,20 +142,28 @@ def _make_scene(root):
 
 def test_end_to_end_run_folder_and_evaluation(tmp_path, monkeypatch):
     from eval.evaluate import evaluate_run
-    from recon.meshing import read_ply
+    from recon.core.runfolder import peak_rss_mb
+    from recon.data.ply import read_ply
 
     monkeypatch.setattr("eval.evaluate.N_POINTS", 5000)  # geometry sampling: speed only
 
     scene = _make_scene(tmp_path / "scene")
+    rss_before, t0 = peak_rss_mb(), time.perf_counter()
     run = run_fusion_baseline(scene, tmp_path / "run", voxel_size_m=0.04, min_instance_masks=2, progress=False,
                               log=lambda *a: None)
+    wall_s, rss_after = time.perf_counter() - t0, peak_rss_mb()
     for name in ("mesh.ply", "instances.json", "timing.json", "config.yaml", "scene.txt"):
         assert (run / name).is_file(), name
     for fid in ("000000", "000001", "000002", "000003"):
         assert (run / "labels" / "semantic" / f"{fid}.png").is_file()
         assert (run / "labels" / "instance" / f"{fid}.png").is_file()
     timing = json.loads((run / "timing.json").read_text())
-    assert timing["iterations"] == 0 and timing["fit_seconds"] > 0
+    assert timing["iterations"] == 0 and timing["n_frames_fused"] == 3      # the train split: 000000..000002
+    # the geometry part lies inside the fit; fit, writing and label rendering follow one another inside the
+    # call (each rounded to 0.01 s); the peak memory is this process's ru_maxrss when the run was written
+    assert 0 <= timing["geometry_seconds"] <= timing["fit_seconds"] + 0.01 and timing["fit_seconds"] > 0
+    assert timing["fit_seconds"] + timing["write_seconds"] + timing["render_seconds"] <= wall_s + 0.03
+    assert rss_before - 0.05 <= timing["peak_rss_mb"] <= rss_after + 0.05
     inst = json.loads((run / "instances.json").read_text())["instances"]
     assert len(inst) == 2 and all(e["class"] == "box" for e in inst)  # two views merged, two boxes apart
     centroids_x = sorted(e["centroid"][0] for e in inst)
@@ -174,7 +183,7 @@ def test_end_to_end_run_folder_and_evaluation(tmp_path, monkeypatch):
     assert m["frames_2d"] == 4 and m["heldout"]["n_frames"] == 1 and "panoptic_2d" in m["heldout"]
 
     # label images equal to the GT score 100 (checks the reading side and the label-image writer)
-    from recon.data.run_labels import write_label_images
+    from recon.data.run_files import write_label_images
     from recon.data.scene import load_scene
     sc = load_scene(scene)
     gts = [sc.load_gt(i) for i in range(len(sc))]

@@ -51,7 +51,7 @@ def test_mask_reference_instance_block_on_a_scene(tmp_path):
     mask coverage fall to 0 and the other instances keep theirs."""
     from recon.data.make_synth import make_synth_scene
     from recon.data.scene import load_scene, replace_masks
-    from recon.schema import SynthSettings
+    from recon.core.settings import SynthSettings
     root = tmp_path / "scene"
     make_synth_scene(SynthSettings(size=(64, 48), frames=8, noise="clean"), root, log=lambda *_: None)
     scene = load_scene(root, check_images=False)

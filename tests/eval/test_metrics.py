@@ -98,11 +98,22 @@ def test_mesh_geometry_metrics_shifted_square():
     assert 3.0 <= m["acc_cm"] < 3.1 and 3.0 <= m["comp_cm"] < 3.1
     assert m["f1"] == 100.0
     # GT face mask keeping only GT triangle 0 (the half x >= y): every GT point still has a prediction
-    # 3 cm away (recall 100), but prediction points deep in the other half (x < y) are now more than
-    # 5 cm from any GT point (precision < 100).
+    # 3 cm away (recall 100). A prediction point (x, y, 0.03) with t = y - x > 0 lies t / sqrt(2) in-plane
+    # from the kept half, so sqrt(0.03^2 + t^2 / 2) from it: within 5 cm iff t < sqrt(2 (0.05^2 - 0.03^2))
+    # = 0.0566. The strip 0 < t < 0.0566 holds 1/2 - (1 - 0.0566)^2 / 2 = 0.0550 of the square, so
+    # precision = 50 + 5.50 = 55.50 % (the GT is itself sampled, ~5 mm apart: a little less, 55.0 measured).
+    # acc: 3 cm on the kept half; on the other, the mean of sqrt(0.03^2 + t^2 / 2) over the triangle
+    # (density of t: 2 (1 - t)) = 24.0 cm (about (1/3) / sqrt(2) = 23.6 cm without the 3 cm offset);
+    # acc = (3 + 24.0) / 2 = 13.50 cm.
     m_half = mesh_geometry_metrics(square_v, square_f, shifted_v, square_f, n_points=20_000, seed=0,
                                    gt_face_mask=np.array([True, False]))
-    assert m_half["recall"] == 100.0 and m_half["precision"] < 100.0
+    t_cut = np.sqrt(2 * (0.05**2 - 0.03**2))
+    assert m_half["recall"] == 100.0
+    assert m_half["precision"] == pytest.approx(100 * (0.5 + 0.5 - (1 - t_cut) ** 2 / 2), abs=1.0)
+    t = (np.arange(100_000) + 0.5) / 100_000                                         # midpoint rule on [0, 1]
+    far_half_cm = 100 * np.mean(np.sqrt(0.03**2 + t**2 / 2) * 2 * (1 - t))
+    assert far_half_cm == pytest.approx(24.0, abs=0.01)
+    assert m_half["acc_cm"] == pytest.approx((3.0 + far_half_cm) / 2, abs=0.1)
     # Empty prediction.
     m_empty = mesh_geometry_metrics(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), shifted_v, square_f,
                                     n_points=100)

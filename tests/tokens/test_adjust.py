@@ -270,7 +270,8 @@ def test_blind_split_needs_distance_majority_and_the_rule_on():
             strat.after_assignment(it, rows, cols, cost, 2, blind=[(1, where)] if it % blind_every == 0 else [])
         return strat.step(11, tok, *_disjoint_probs(2))
     on = AdjustConfig(every_iters=10, window_iters=10, n_min=1, blind_max_overlap=0.1, blind_min_events=3)
-    assert run(on, 1, (4.0, 2.0, 1.0)) is not None
+    out = run(on, 1, (4.0, 2.0, 1.0))
+    assert out is not None and out["clone_of"] == [1] and out["index_map"].tolist() == [0, 1, 1]
     assert run(on, 1, (1.1, 0.0, 0.0)) is None            # the masks are where the token is: a learning matter
     assert run(on, 3, (4.0, 2.0, 1.0)) is None            # 3 blind of 10 matches: not its main job
     off = AdjustConfig(every_iters=10, window_iters=10, n_min=1)

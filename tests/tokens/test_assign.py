@@ -58,7 +58,14 @@ def test_instance_loss_hand_computed():
     # unmatched weight 0: only token 1 counts: (0.223144 + 0.133333) / 2 = 0.178238
     assert abs(instance_loss(pred, target, rows, cols, True, unmatched_weight=0.0).item() - 0.178238) < 1e-5
     loss.backward()
-    assert pred.grad is not None and bool((pred.grad[0] > 0).all())   # unmatched token pushed towards 0
+    # d loss / d pred, loss = (bce_0 + bce_1 + dice_1) / 2 (mean over the N = 2 tokens), bce a mean over P = 2:
+    #   token 0 (target 0): d(-ln(1 - p) / 2) / dp = 1 / (2 (1 - p)) = 1 at p = .5 -> / 2 = 0.5 per pixel:
+    #   pushed towards 0
+    #   token 1, bce: pixel 0 (target 1) -1 / (2 * .8) = -0.625; pixel 1 (target 0) 1 / (2 * .8) = 0.625
+    #   dice = 1 - (2 p0 + 1) / (p0 + p1 + 1 + 1): numerator 2.6, denominator 3;
+    #     d/dp0 = -(2 * 3 - 2.6) / 9 = -17/45, d/dp1 = 2.6 / 9 = 13/45
+    #   -> (-5/8 - 17/45) / 2 = -361/720 = -0.501389, (5/8 + 13/45) / 2 = 329/720 = 0.456944
+    assert torch.allclose(pred.grad, torch.tensor([[0.5, 0.5], [-361 / 720, 329 / 720]]), atol=1e-6)
 
 
 def test_class_loss_hand_computed():
@@ -68,7 +75,10 @@ def test_class_loss_hand_computed():
     loss = class_loss(logits, torch.tensor([0]), torch.tensor([1]))
     assert abs(loss.item() - 0.440190) < 1e-5
     loss.backward()
-    assert float(logits.grad[0].abs().sum()) == 0.0 and float(logits.grad[1].abs().sum()) > 0
+    # unmatched token 0 gets nothing; d BCE-with-logits / dz = sigmoid(z) - target:
+    # sigmoid(2) - 1 = -0.119203, sigmoid(-1) - 0 = 0.268941
+    assert float(logits.grad[0].abs().sum()) == 0.0
+    assert torch.allclose(logits.grad[1], torch.tensor([-0.119203, 0.268941]), atol=1e-6)
     empty = class_loss(logits, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     assert empty.item() == 0.0 and empty.requires_grad
 

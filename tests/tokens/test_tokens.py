@@ -42,7 +42,15 @@ def test_inverse_covariance_is_inverse_and_covariance_psd():
     S, Si = tok.covariance(), tok.inverse_covariance()
     assert torch.allclose(S @ Si, torch.eye(3).expand(5, 3, 3), atol=1e-4)
     assert torch.allclose(S, S.transpose(1, 2), atol=1e-6)
-    assert bool((torch.linalg.eigvalsh(S) > 0).all())
+    # Sigma = R diag(lambda^2) R^T with R a rotation: its eigenvalues are the squared scales, whatever
+    # the (normalised) quaternion; the eigenvectors are R's columns (checked up to sign via |R^T v|)
+    lam2 = tok.scales().detach() ** 2                                              # [5, 3]
+    eig, vec = torch.linalg.eigh(S)
+    assert torch.allclose(eig, lam2.sort(dim=1).values, atol=1e-5)
+    order = lam2.argsort(dim=1)                                                    # eigh: ascending
+    R = tok.rotations().detach()
+    R_sorted = torch.gather(R, 2, order[:, None, :].expand(5, 3, 3))               # columns in ascending lambda
+    assert torch.allclose((R_sorted.transpose(1, 2) @ vec).abs(), torch.eye(3).expand(5, 3, 3), atol=1e-3)
     assert tok.n == 5
 
 
@@ -92,12 +100,19 @@ def test_resize_adam_state_carries_moments():
     assert all(old_p not in opt.state for old_p in old)
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(p) in held for p in new)
-    # the patched optimizer steps the new tensors
+    # the patched optimizer steps the new tensors with the carried moments. Second step, gradient 1 on
+    # every entry (loss = sum of means), lr 1e-2, bias corrections 1 - 0.9^2 = 0.19, 1 - 0.999^2 = 0.001999:
+    #   m = 0.9 m0 + 0.1, v = 0.999 v0 + 0.001, step = lr (m / 0.19) / (sqrt(v / 0.001999) + 1e-8)
+    #   rows 0 and 2 (old row 0, g was 1): m = 0.19, v = 0.001999 -> 1 / 1 -> 0.01
+    #   row 1 (old row 2, g was 3): m = 0.37, v = 0.009991 -> 1.947368 / sqrt(4.997999) -> 0.00871064
+    #   row 3 (new) and columns 1, 2 (g was 0): m = 0.1, v = 0.001 -> 0.526316 / sqrt(0.500250) -> 0.00744137
     before = tok.means.detach().clone()
     opt.zero_grad()
     tok.means.sum().backward()
     opt.step()
-    assert not torch.equal(before, tok.means.detach())
+    u0 = 0.00744137
+    expect = torch.tensor([[0.01, u0, u0], [0.00871064, u0, u0], [0.01, u0, u0], [u0, u0, u0]])
+    assert torch.allclose(before - tok.means.detach(), expect, atol=1e-6)
 
 
 def test_farthest_point_order_hand_case():
@@ -135,6 +150,18 @@ def test_state_dict_round_trip_with_new_size():
         assert torch.equal(a.detach(), b.detach())
 
 
-def test_class_head_shape():
+def test_class_head_shape_and_hand_computed_logits():
     head = TokenClassHead(3, 5, hidden=4)
     assert head(torch.zeros(7, 3)).shape == (7, 5)
+    # Linear(3 -> 4), ReLU, Linear(4 -> 2) with hand-set weights:
+    #   hidden = (f0, f1, f2, -(f0 + f1 + f2)); f = (1, -2, 3): (1, -2, 3, -2) -> ReLU (1, 0, 3, 0)
+    #   logits = ((1, 1, 1, 1) . h + 0.5, (1, -1, 0, 2) . h) = (4.5, 1)
+    #   f = (-1, -1, -1): (-1, -1, -1, 3) -> (0, 0, 0, 3) -> (3.5, 6)
+    head = TokenClassHead(3, 2, hidden=4)
+    with torch.no_grad():
+        head.net[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, -1, -1]]))
+        head.net[0].bias.zero_()
+        head.net[2].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [1, -1, 0, 2]]))
+        head.net[2].bias.copy_(torch.tensor([0.5, 0.0]))
+    out = head(torch.tensor([[1.0, -2, 3], [-1, -1, -1]]))
+    assert torch.allclose(out, torch.tensor([[4.5, 1.0], [3.5, 6.0]]))

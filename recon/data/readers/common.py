@@ -2,7 +2,7 @@
 handling, pinhole-camera maths (intrinsics scaling, resampling an image into another pinhole camera
 with the same centre), label/class rules and the depth reprojection check.
 
-Conventions (../shared/SCENE_FORMAT.md): K is a 3x3 pinhole matrix for the output images;
+Conventions (docs/scene_format.md): K is a 3x3 pinhole matrix for the output images;
 integer pixel (u, v) is a pixel centre and its ray is ((u - cx) / fx, (v - cy) / fy, 1); poses are
 camera-to-world 4x4 in metres with OpenCV camera axes (x right, y down, z forward); depth is z-depth.
 """

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 
 from recon.data.readers.common import ReaderError
-from recon.meshing import read_ply, write_ply
+from recon.data.ply import read_ply, write_ply
 
 
 def read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:

@@ -14,7 +14,7 @@ with a note. Any other size without intrinsics is an error. The depth scale come
 cam_params.json ("scale") when present, else 6553.5.
 
 Pose convention: traj.txt is camera-to-world with OpenCV camera axes (x right, y down, z forward),
-used as is. Verified numerically on /work/shared/data/replica_room0_20f: the depth of one frame
+used as is. Verified numerically on the small real Replica sample (replica_room0_20f, see tests/conftest.py): the depth of one frame
 moved into another with these poses agrees to a median of well under 1 cm, while the same check
 with the y/z axes flipped (OpenGL reading) is off by decimetres (tests/recon/test_readers.py).
 

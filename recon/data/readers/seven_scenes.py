@@ -30,7 +30,7 @@ parallax of the ~1-2.5 cm RGB-depth baseline is ignored. --color-intrinsics FX F
 size other than 640x480 without --color-intrinsics).
 
 Poses are used as is (camera-to-world, OpenCV axes), checked numerically with the depth
-reprojection on /work/shared/data/7scenes_redkitchen_100: median 6.1 mm over its 99 consecutive
+reprojection on the small real 7-Scenes sample (7scenes_redkitchen_100, see tests/conftest.py): median 6.1 mm over its 99 consecutive
 pairs (10 source frames apart; p90 10 mm), while reading the poses with OpenGL axes puts frames
 30 source frames apart 6 to 68 cm off. No labels and no mesh: empty
 classes.json, no gt/, no masks/.

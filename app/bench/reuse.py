@@ -1,0 +1,93 @@
+"""When a bench cell is the same cell: the config hash that decides resume, and what a finished fit
+can be reused for (evaluated as is, post-processed without its model, or refitted)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def config_hash(obj) -> str:
+    """sha256 (16 hex digits) of the canonical JSON of obj."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# where a fit runs does not make it another cell (cells computed before the key existed keep their hash)
+UNHASHED_TRAIN_KEYS = ("device",)
+
+# the fragment-merging post-process, added after cells were computed: switched off it changes nothing
+# (and its parameters are unused), so such a cell keeps its identity and its finished fit stays reusable
+FRAGMENT_KEYS = ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges")
+
+# the blind split rule (tokens/adjust.py), added later and off by default: while off (blind_max_overlap 0)
+# its keys change nothing, so cells keep their identity
+BLIND_KEYS = ("blind_max_overlap", "blind_min_events", "blind_min_distance_m")
+
+
+def comparable_config(cfg: dict | None) -> dict | None:
+    """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
+    FRAGMENT_KEYS while panoptic.merge_fragments is off; the BLIND_KEYS while the blind split is off): what
+    the cell hash and fit reuse compare."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = dict(cfg)
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in UNHASHED_TRAIN_KEYS}
+    pan = out.get("panoptic")
+    if isinstance(pan, dict) and not pan.get("merge_fragments", False):
+        out["panoptic"] = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
+    tok = out.get("tokens")
+    rules = tok.get("adjust_rules") if isinstance(tok, dict) else None
+    if isinstance(rules, dict) and not rules.get("blind_max_overlap", 0.0):
+        out["tokens"] = {**tok, "adjust_rules": {k: v for k, v in rules.items() if k not in BLIND_KEYS}}
+    return out
+
+# post-processes a finished fit can take without its model: the mesh's near-surface cull (recon/postfit/post_process.py
+# cull_run_mesh; a run fitted before the key existed was culled with no front margin) and fragment merging
+CULL_KEY = "cull_front_margin_m"
+
+
+def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
+    """The post-processes ("cull", then "merge") that turn a finished fit with settings old_cfg into one with
+    new_cfg, [] if none is needed, or None if no post-process can (other settings differ, a looser cull, or
+    other fragment-merging settings on a run merged already): then the cell is refitted."""
+    old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
+
+    def without_post(c: dict) -> dict:
+        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items() if k not in FRAGMENT_KEYS},
+                "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
+    if without_post(old_c) != without_post(new_c):
+        return None
+    steps = []
+    inf = float("inf")
+    old_front, new_front = (c.get("mesh", {}).get(CULL_KEY) for c in (old_c, new_c))
+    old_front, new_front = (inf if f is None else float(f) for f in (old_front, new_front))
+    if new_front != old_front:
+        if new_front > old_front:                   # faces culled already cannot come back
+            return None
+        steps.append("cull")
+    old_frag, new_frag = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in FRAGMENT_KEYS}
+                          for c in (old_c, new_c))
+    if old_frag != new_frag:
+        if not new_frag.get("merge_fragments") or old_frag.get("merge_fragments"):
+            return None                             # merged ids cannot be split again
+        steps.append("merge")
+    return steps
+
+
+def fit_reuse(old_cfg: dict | None, new_cfg: dict) -> str:
+    """What a cell does with a finished fit whose RUN/config.yaml is old_cfg, for settings new_cfg:
+    "evaluate" (same result settings), "postprocess" (only post-process settings differ, and post_steps can
+    apply them to the finished run: then evaluate) or "refit"."""
+    if old_cfg is None:
+        return "refit"
+    if comparable_config(old_cfg) == comparable_config(new_cfg):
+        return "evaluate"
+    return "postprocess" if post_steps(old_cfg, new_cfg) else "refit"
+
+
+def hashed_spec(spec: dict) -> dict:
+    """The part of a cell spec that decides resume: all but the scene folder's path, with the config
+    reduced by comparable_config."""
+    out = {k: v for k, v in spec.items() if k != "scene_dir"}
+    if isinstance(out.get("config"), dict):
+        out["config"] = comparable_config(out["config"])
+    return out

@@ -1,0 +1,185 @@
+"""Implementations of the `run.py` commands. Each takes the parsed argparse namespace.
+
+The library raises exceptions of the layer that finds the problem (ConfigError, SceneError,
+ReaderError, ExportError, ...); here they become UserError, which run.py prints as one line
+without a traceback. Imports are inside the handlers so that a command loads only what it uses.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, bad settings); printed without a traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The library's exceptions that describe a problem with the user's input or settings."""
+    from app.bench.suites import BenchError
+    from recon.core.config import ConfigError
+    from recon.core.device import DeviceError
+    from recon.data.grounded_sam import GsamUnavailable
+    from recon.data.readers.common import ReaderError
+    from recon.data.scene import SceneError
+    from recon.export.run_data import ExportError
+    from recon.train.memory import FitMemoryError
+    return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError,
+            GsamUnavailable, FileExistsError, FileNotFoundError)
+
+
+def _guard(fn):
+    """Turn the library's input errors into UserError so run.py prints one clear message."""
+    def wrapped(args):
+        try:
+            return fn(args)
+        except _user_errors() as exc:
+            raise UserError(str(exc)) from exc
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def synth_settings_from_args(args):
+    """YAML file <- key=value overrides <- explicit flags (flags win)."""
+    from recon.core.config import load_config
+    from recon.core.settings import SynthSettings
+    flags = {"preset": args.preset, "seed": args.seed, "noise": args.noise,
+             "size": list(args.size) if args.size else None, "frames": args.frames}
+    flag_overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return load_config(SynthSettings, args.config, list(args.overrides) + flag_overrides)
+
+
+@_guard
+def cmd_synth(args) -> int:
+    from recon.data.make_synth import make_synth_scene
+    make_synth_scene(synth_settings_from_args(args), args.out, overwrite=args.force)
+    return 0
+
+
+@_guard
+def cmd_segment(args) -> int:
+    from recon.data.mask_source import SimMaskSource, run_mask_source
+    if args.backend == "sim":
+        source = SimMaskSource(args.noise, args.seed)
+    else:
+        from recon.data.grounded_sam import GroundedSamSource
+        source = GroundedSamSource(args.prompts, args.dino_config, args.dino_checkpoint, args.sam_checkpoint,
+                                   sam_type=args.sam_type, text_encoder=getattr(args, "text_encoder", None),
+                                   device=getattr(args, "device", "auto"), batch_size=getattr(args, "batch_size", 2))
+    run_mask_source(args.scene, source, force=args.force)
+    return 0
+
+
+@_guard
+def cmd_convert(args) -> int:
+    from recon.data.readers.convert import convert
+    convert(args.kind, args.src, args.out, args.stride, args.max_frames, args.force,
+            skip_bad_frames=args.skip_bad_frames, intrinsics=args.intrinsics,
+            color_intrinsics=args.color_intrinsics, resolution=args.resolution, class_names=args.class_names,
+            label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt, holdout_every=args.holdout_every)
+    return 0
+
+
+@_guard
+def cmd_fit(args) -> int:
+    from app.pipeline import fit_scene
+    from recon.core.config import load_config
+    from recon.core.settings import FitSettings
+    s = load_config(FitSettings, args.config, args.overrides)
+    if args.skip_bad_frames:
+        s.data.skip_bad_frames = True
+    fit_scene(args.scene, args.out, s, resume=args.resume, force=args.force)
+    return 0
+
+
+@_guard
+def cmd_eval(args) -> int:
+    from app.pipeline import evaluate
+    m = evaluate(args.run, args.scene, baseline=not args.no_baseline, fields=not args.no_fields)
+    print(json.dumps(m, indent=1))
+    return 0
+
+
+@_guard
+def cmd_demo(args) -> int:
+    """synth room -> fit -> eval, skipping the steps whose outputs exist (unless --force)."""
+    from app.pipeline import demo
+    metrics = demo(args.out, args.config, args.overrides, force=args.force)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+@_guard
+def cmd_config(args) -> int:
+    from app.settings_help import settings_table
+    from recon.core.config import load_config
+    from recon.core.settings import FitSettings, SynthSettings
+    cls, default_file = {"fit": (FitSettings, "quick.yaml"), "synth": (SynthSettings, "synth.yaml")}[args.command_settings]
+    config = args.config if args.config is not None else CONFIGS / default_file
+    print(settings_table(load_config(cls, config, args.overrides)))
+    return 0
+
+
+@_guard
+def cmd_merge_fragments(args) -> int:
+    from recon.postfit.post_process import merge_run_fragments
+    merge_run_fragments(args.run, args.max_fraction, args.min_edges)
+    return 0
+
+
+@_guard
+def cmd_cull_mesh(args) -> int:
+    from recon.postfit.post_process import cull_run_mesh
+    cull_run_mesh(args.run, args.front_margin)
+    return 0
+
+
+@_guard
+def cmd_render(args) -> int:
+    from recon.postfit.renders import render_run_images
+    render_run_images(args.run, args.frames)
+    return 0
+
+
+@_guard
+def cmd_export(args) -> int:
+    from recon.export.run_export import export_run
+    export_run(args.run, args.format, args.out, args.collision_faces, args.color_by)
+    return 0
+
+
+@_guard
+def cmd_bench(args) -> int:
+    from app.bench.references import ensure_references
+    from app.bench.report import write_report
+    from app.bench.results import collect_results, publish, write_results
+    from app.bench.runner import run_suite
+    from app.bench.suites import SUITES
+    if args.suite not in SUITES:
+        raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(SUITES)}")
+    suite = SUITES[args.suite]
+    out = Path(args.out) if args.out is not None else Path("runs") / "bench" / suite.name
+    say = lambda m: print(m, file=sys.stderr, flush=True)      # noqa: E731
+    if args.report_only:
+        if not (out / "cells").is_dir():
+            raise FileNotFoundError(f"{out} holds no bench cells ({out / 'cells'} missing); run the suite first")
+        results = collect_results(suite, out, ensure_references(suite, out, say))
+        write_results(results, out)
+        write_report(results, out, out)
+        say(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    else:
+        try:
+            results = run_suite(suite, out, force=args.force, only=args.only, keep_checkpoints=args.keep_checkpoints,
+                                log=say)
+        except KeyboardInterrupt:
+            say(f"interrupted: finished cells are kept in {out / 'cells'}; run the same command again to "
+                f"continue (an interrupted fit resumes from its checkpoint)")
+            return 130
+    if args.publish:
+        publish(results, out, log=say)
+    failed = [c["cell_id"] for c in results["cells"] if c["status"] == "failed"]
+    return 1 if failed else 0

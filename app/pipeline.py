@@ -1,0 +1,48 @@
+"""The fit pipeline: training, then the post-fit steps, composed from the library's pieces.
+
+`fit_scene` is what `run.py fit` and the bench run: recon.train.loop.fit with the post-fit callbacks
+of recon/postfit/ (labelled mesh -> held-out depth -> label images), plus any extra callbacks (the
+bench's metric monitor). `demo` is the default job: synthetic room -> fit -> eval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from recon.core.config import load_config
+from recon.core.settings import FitSettings, SynthSettings
+from recon.data.make_synth import make_synth_scene
+from recon.postfit.callbacks import default_postfit
+from recon.postfit.point_labels import run_point_labels
+from recon.train.callbacks import Callback
+from recon.train.loop import FitResult, fit
+from eval.evaluate import evaluate_run
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def fit_scene(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, force: bool = False,
+              progress: bool = True, stop_at: int | None = None, extra_callbacks: list[Callback] = ()) -> FitResult:
+    """Train on `scene_dir` into `run`, then mesh, label and render it (the post-fit callbacks).
+    stop_at: stop after that iteration with a checkpoint (tests; `fit --resume` continues)."""
+    return fit(scene_dir, run, s, resume=resume, force=force, progress=progress, stop_at=stop_at,
+               callbacks=[*extra_callbacks, *default_postfit()])
+
+
+def evaluate(run: Path, scene_dir: Path | None = None, *, baseline: bool = True, fields: bool = True,
+             log=print) -> dict:
+    """eval.evaluate.evaluate_run with the field query of recon/postfit (labels at the GT vertices)."""
+    return evaluate_run(run, scene_dir, baseline=baseline, log=log,
+                        point_labeller=run_point_labels if fields else None)
+
+
+def demo(out: Path, config: Path | None, overrides: list[str], force: bool = False) -> dict:
+    """synth room -> fit -> eval under `out` (out/room, out/run), skipping the steps whose outputs
+    exist (unless `force`); returns the metrics."""
+    out = Path(out)
+    scene_dir, run = out / "room", out / "run"
+    if force or not (scene_dir / "classes.json").is_file():
+        make_synth_scene(load_config(SynthSettings, CONFIGS / "synth.yaml"), scene_dir, overwrite=True)
+    s = load_config(FitSettings, config, overrides)
+    if force or not (run / "mesh.ply").is_file():
+        fit_scene(scene_dir, run, s, force=True)
+    return evaluate(run, scene_dir)

@@ -1,0 +1,169 @@
+"""Settings schemas: one dataclass tree per command, loaded by recon.core.config.load_config."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokens.adjust import AdjustConfig
+
+
+@dataclass
+class SynthSettings:
+    """`run.py synth`: procedural scene + simulated Grounded-SAM masks."""
+    preset: Literal["room", "apartment", "clutter"] = "room"  # the kind of scene
+    seed: int = 0                        # one seed drives geometry, trajectory and masks
+    size: tuple[int, int] = (160, 120)   # image width, height in pixels
+    frames: int | None = None            # total frames; None = the preset's default
+    noise: Literal["clean", "realistic", "hard"] = "realistic"  # mask noise level of the simulated Grounded-SAM masks
+    holdout_every: int = 5               # every Nth frame is held out of training (0 = none); eval uses all frames
+    masks: dict[str, Any] = field(default_factory=dict)  # overrides of the level's rates, e.g. {p_miss: 0.2}
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 0 or self.holdout_every == 1:
+            raise ValueError("holdout_every must be 0 (none) or >= 2")
+        if self.frames is not None and self.frames < 2:
+            raise ValueError("frames must be at least 2")
+
+
+@dataclass
+class GridSettings:
+    """A multiresolution hash grid (instant-NGP), sized to the scene by its finest cell."""
+    n_levels: int = 16                   # resolution levels of the grid
+    n_features_per_level: int = 2        # features stored per level and table entry
+    log2_hashmap_size: int = 19          # entries per level = 2^this (the memory knob)
+    base_resolution: int = 16            # cells per axis of the coarsest level
+    finest_cell_m: float = 0.02          # finest level's cell size in metres; resolution = box extent / this
+    backend: Literal["auto", "torch", "tcnn"] = "auto"  # auto: tiny-cuda-nn where it imports and CUDA runs, else torch
+
+
+@dataclass
+class ModelSettings:
+    sdf_grid: GridSettings = field(default_factory=GridSettings)  # the SDF field's hash grid
+    sdf_hidden: int = 64                 # width of the SDF MLP
+    sdf_layers: int = 2                  # hidden layers of the SDF MLP
+    geo_feat_dim: int = 15               # geometry features the SDF MLP passes to the colour head
+    semantic_grid: GridSettings = field(default_factory=lambda: GridSettings(
+        n_levels=12, log2_hashmap_size=17, finest_cell_m=0.04))   # the semantic field's hash grid
+    semantic_hidden: int = 64            # width of the semantic MLP
+    instance_grid: GridSettings = field(default_factory=lambda: GridSettings(
+        n_levels=12, log2_hashmap_size=17, finest_cell_m=0.04))   # the instance-key field's hash grid
+    instance_hidden: int = 64            # width of the instance-key MLP
+    color_hidden: int = 64               # width of the colour head
+    box_margin_m: float = 0.2            # scene box = back-projected depth bounds + this margin
+
+
+@dataclass
+class RenderSettings:
+    n_stratified: int = 12               # samples spread over [near, min(far, depth + band)]
+    n_surface: int = 20                  # samples in [depth - band, depth + band] (rays with valid depth)
+    band_m: float = 0.10                 # half width of the near-surface band, metres
+    near_m: float = 0.05                 # rays start this far in front of the camera, metres
+    far_m: float = 0.0                   # 0 = the largest observed depth + box margin
+    xi: float = 100.0                    # sharpness of sig(s) = 1/(1+exp(-xi s)) in Eq. 11, 1/metres
+    chunk_rays: int = 4096               # rays per chunk when rendering whole images
+
+
+@dataclass
+class LossSettings:
+    trunc_m: float = 0.08                # tau of Eq. 24
+    beta: float = 5.0                    # free-space term exp(-beta s) - 1 of Eq. 24
+    w_sdf: float = 10.0                  # truncated region |s - b|
+    w_free: float = 1.0                  # free-space region
+    w_eik: float = 0.1                   # eikonal term (Eq. 25): |grad s| = 1
+    w_depth: float = 0.1                 # rendered vs. observed depth (Eq. 26)
+    w_rgb: float = 1.0                   # rendered vs. observed colour (L1)
+    w_sem: float = 0.1                   # L_s (Eq. 32): rendered semantics vs. the masks' classes
+    eik_fraction: float = 0.25           # share of samples on which the eikonal term is evaluated
+    w_ins: float = 1.0                   # L_ins (Eq. 30): dice + BCE of the matched rendered token masks
+    w_cls: float = 0.1                   # L_c (Eq. 31): token class head vs. the class of its matched mask
+    w_pan: float = 0.5                   # L_pan (Eq. 33): rendered panoptic head vs. panoptic targets
+
+
+@dataclass
+class TrainSettings:
+    iters: int = 2000                    # optimisation steps of the whole fit
+    rays_per_iter: int = 1024            # rays per step
+    frames_per_iter: int = 4             # rays of a step come from this many frames (the instance assignment needs it)
+    mask_ray_fraction: float = 0.0       # after the geometry stage, this share of a frame's rays is drawn with equal mass per thing mask
+    mask_ray_stuff: bool = False         # ... and per stuff class region (small stuff such as a ceiling strip gets its share)
+    lr_grid: float = 1e-2                # Adam learning rate of the hash tables
+    lr_mlp: float = 2e-3                 # Adam learning rate of the MLPs and the token class head
+    lr_final_factor: float = 0.1         # exponential decay to lr * this at the last iteration
+    geometry_only_iters: int = 200       # stage 1 (Sec. V-D): depth + sdf + eikonal + rgb only
+    pan_start_iters: int = 600           # stage 3: L_pan joins from this iteration (needs panoptic.head)
+    dice_off_iters: int = 1400           # stage 4: L_ins keeps only its BCE term from here (0 = never)
+    detach_semantic_weights: bool = True # semantic loss does not move the geometry
+    checkpoint_every: int = 500          # write checkpoints/ckpt_<iteration>.pt every this many steps
+    keep_checkpoints: int = 2            # numbered checkpoints kept besides last.pt (oldest deleted); 0 = all
+    monitor_every: int = 0               # call fit's monitor hook (metric-vs-time) every N iterations; 0 = never
+    log_every: int = 20                  # losses to metrics.csv / TensorBoard every this many steps
+    seed: int = 0                        # one seed for initialisation and every random draw
+    threads: int = 0                     # torch threads; 0 = all cores
+    device: str = "auto"                 # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class MeshSettings:
+    voxel_size_m: float = 0.02           # marching-cubes voxel edge, metres
+    chunk_voxels: int = 64               # voxels per axis meshed at once (bounds memory, not the result)
+    cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
+    cull_front_margin_m: float | None = 0.05  # ... and at most this far in front of it (an observed surface is near); null:
+                                         # anywhere in front (the view's whole free space; meshes before 2026-11-23)
+    label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
+    heldout_depth_stride: int = 4        # SDF depth of held-out views (novel-view depth eval) on every Nth pixel
+
+
+@dataclass
+class TokenSettings:
+    """The instance branch: Gaussian-modulated query tokens (METHOD.md sections 4, 5, 7)."""
+    enabled: bool = True                 # off, or a scene without thing masks: no instance branch
+    n_init: int = 0                      # initial tokens; 0 = auto (enough for every 3D mask cluster, >= 2x the
+                                         # largest number of thing masks in one frame), capped at adjust_rules.max_tokens
+    feat_dim: int = 16                   # instance feature / key dimension d
+    class_dim: int = 16                  # class feature dimension of F_i
+    init_scale_m: float = 0.0            # initial isotropic Gaussian scale; 0 = median half-size of the 3D masks
+    init_frames: int = 40                # training frames whose masks seed the tokens (evenly spaced)
+    min_mask_pixels: int = 4             # sampled pixels a 2D mask needs in a step to enter the assignment
+    spatial_prior: bool = True           # ablation switch: off = G = 1 (feature similarity only)
+    adjust: bool = True                  # ablation switch: off = a fixed token set
+    temperature: float = 1.0             # S = sigmoid(f_q . f_k / temperature)
+    lr_means: float = 2e-3               # Adam learning rates of the token parameters
+    lr_shape: float = 5e-3               # quaternions and log-scales
+    lr_features: float = 1e-2            # instance and class features
+    adjust_points: int = 4096            # surface points (back-projected depth) for the duplicate rule
+    adjust_rules: AdjustConfig = field(default_factory=AdjustConfig)  # thresholds of the adjustment (Sec. 7)
+
+
+@dataclass
+class PanopticSettings:
+    head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
+    min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
+    merge_fragments: bool = True         # post-process: a small instance merges into the same-class instance it
+                                         # touches on the mesh (recon/postfit/fragments.py; ours, not in the paper)
+    fragment_max_fraction: float = 0.2   # ... if it has fewer than this share of that instance's vertices
+    fragment_min_shared_edges: int = 3   # ... and shares at least this many mesh edges with it
+
+
+@dataclass
+class DataSettings:
+    split: str = "train"                 # frames to train on (splits.json); all frames when absent
+    skip_bad_frames: bool = False        # drop frames with bad poses (with a warning) instead of refusing the scene
+    max_memory_gb: float = 0.0           # refuse settings estimated above this; 0 = 80% of available memory
+
+
+@dataclass
+class FitSettings:
+    """`run.py fit`: everything a reconstruction run needs; saved as RUN/config.yaml."""
+    data: DataSettings = field(default_factory=DataSettings)              # which frames, memory limit
+    model: ModelSettings = field(default_factory=ModelSettings)           # fields: grids and MLPs
+    render: RenderSettings = field(default_factory=RenderSettings)        # samples along rays, volume rendering
+    loss: LossSettings = field(default_factory=LossSettings)              # loss terms and their weights
+    train: TrainSettings = field(default_factory=TrainSettings)           # schedule, optimiser, bookkeeping
+    tokens: TokenSettings = field(default_factory=TokenSettings)          # the instance branch
+    panoptic: PanopticSettings = field(default_factory=PanopticSettings)  # panoptic head, instances
+    mesh: MeshSettings = field(default_factory=MeshSettings)              # meshing, culling, labels

@@ -1,0 +1,127 @@
+"""Binary PLY reading and writing: meshes with vertex colours and integer label properties.
+
+Used for every mesh the project reads or writes (scene GT meshes, run meshes, baselines). Writes are
+atomic (temporary file in the same folder, then rename).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+_PLY_OK = {np.dtype(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8")}
+
+
+def _ply_dtype(arr: np.ndarray) -> np.dtype:
+    """A PLY-representable dtype for a vertex property (int64 -> int32 if it fits, bool -> uint8)."""
+    dt = arr.dtype
+    if dt == np.bool_:
+        return np.dtype("u1")
+    if dt in _PLY_OK:
+        return dt
+    if np.issubdtype(dt, np.integer):
+        if arr.size == 0 or (arr.min() >= np.iinfo(np.int32).min and arr.max() <= np.iinfo(np.int32).max):
+            return np.dtype("i4")
+        raise ValueError(f"integer property out of int32 range ({dt})")
+    if np.issubdtype(dt, np.floating):
+        return np.dtype("f4") if dt.itemsize <= 4 else np.dtype("f8")
+    raise TypeError(f"unsupported vertex property dtype {dt}")
+
+
+def write_ply(
+    path: str | os.PathLike,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    vertex_props: dict[str, np.ndarray] | None = None,
+    colors: np.ndarray | None = None,
+) -> None:
+    """Binary little-endian PLY, written atomically (temp file in the same folder, then os.replace).
+
+    vertices [V, 3] (stored float32), faces [F, 3] (stored int32 list 'vertex_indices'), colors [V, 3]
+    uint8 as red/green/blue, vertex_props: name -> [V] arrays (integers as their type, int64 -> int32).
+    """
+    from plyfile import PlyData, PlyElement
+
+    vertices = np.asarray(vertices)
+    faces = np.asarray(faces)
+    assert vertices.ndim == 2 and vertices.shape[1] == 3, vertices.shape
+    assert faces.ndim == 2 and faces.shape[1] == 3, faces.shape
+    n_v = len(vertices)
+    vertex_props = dict(vertex_props or {})
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if colors is not None:
+        colors = np.asarray(colors)
+        assert colors.shape == (n_v, 3) and colors.dtype == np.uint8, "colors must be [V, 3] uint8"
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    reserved = {"x", "y", "z", "red", "green", "blue"}
+    for name, arr in vertex_props.items():
+        arr = np.asarray(arr)
+        assert name not in reserved, f"vertex property name {name!r} is reserved"
+        assert arr.shape == (n_v,), f"property {name!r} must be [V], got {arr.shape}"
+        fields.append((name, _ply_dtype(arr)))
+    vert = np.empty(n_v, dtype=fields)
+    vert["x"], vert["y"], vert["z"] = vertices[:, 0], vertices[:, 1], vertices[:, 2]
+    if colors is not None:
+        vert["red"], vert["green"], vert["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
+    for name, arr in vertex_props.items():
+        vert[name] = np.asarray(arr).astype(vert.dtype[name])
+    face = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
+    if len(faces):
+        assert faces.min() >= 0 and faces.max() < n_v, "face index out of range"
+    face["vertex_indices"] = faces
+    ply = PlyData(
+        [
+            PlyElement.describe(vert, "vertex"),
+            PlyElement.describe(face, "face", len_types={"vertex_indices": "u1"}, val_types={"vertex_indices": "i4"}),
+        ],
+        text=False,
+        byte_order="<",
+    )
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            ply.write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """(vertices [V, 3] float64, faces [F, 3] int64 (polygons fan-triangulated; [0, 3] if none),
+    colors [V, 3] uint8 or None, props: every other vertex property by name)."""
+    from plyfile import PlyData
+
+    path = os.fspath(path)
+    try:
+        ply = PlyData.read(path, known_list_len={"face": {"vertex_indices": 3}})
+    except Exception:  # other list name, non-triangles, ...: generic (slower) read
+        ply = PlyData.read(path)
+    v = ply["vertex"].data
+    names = v.dtype.names
+    vertices = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
+    colors = None
+    if all(c in names for c in ("red", "green", "blue")):
+        colors = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8)
+    props = {n: np.asarray(v[n]) for n in names if n not in ("x", "y", "z", "red", "green", "blue")}
+    faces = np.zeros((0, 3), np.int64)
+    if "face" in ply:
+        fdata = ply["face"].data
+        fname = "vertex_indices" if "vertex_indices" in fdata.dtype.names else fdata.dtype.names[0]
+        col = fdata[fname]
+        if col.dtype != object and col.ndim == 2:
+            faces = col.astype(np.int64).reshape(-1, 3)
+        else:
+            tris = []
+            for poly in col:
+                poly = np.asarray(poly, np.int64)
+                for k in range(1, len(poly) - 1):
+                    tris.append((poly[0], poly[k], poly[k + 1]))
+            faces = np.asarray(tris, np.int64).reshape(-1, 3)
+    return vertices, faces, colors, props

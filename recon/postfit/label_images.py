@@ -1,0 +1,34 @@
+"""Label images of a trained run: RUN/labels/semantic|instance/<frame id>.png for every frame.
+
+Rendered from the fields (recon/model/inference.py, the same label rule as the mesh) with each
+frame's own depth guiding the samples; instance ids go through the mesh's token -> id map
+(RUN/instances.json), so they match the mesh. uint16 PNG, 0 = unlabelled / no instance.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recon.data.run_files import write_label_images
+from recon.model.inference import frame_labels
+from recon.model.instance_branch import InstanceBranch
+from recon.postfit.labelled_mesh import apply_ids, read_token_ids
+
+
+def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, frames: list[int] | None = None,
+                     log=print, progress: bool = True) -> Path:
+    """Render and write RUN/labels/{semantic,instance}/<frame>.png for `frames` (default: every frame),
+    instance ids through the mesh's token -> id map (RUN/instances.json)."""
+    run = Path(run)
+    idx = list(range(len(scene))) if frames is None else list(frames)
+    token_ids = read_token_ids(run, branch.tokens.n) if branch is not None else np.zeros(0, np.int64)
+    for sub in ("semantic", "instance"):
+        (run / "labels" / sub).mkdir(parents=True, exist_ok=True)
+    model.eval()
+    for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):
+        sem, tok = frame_labels(model, branch, scene, s, i)
+        write_label_images(run, [scene.frame_ids[i]], [sem], [apply_ids(tok, token_ids)])
+    log(f"wrote label images of {len(idx)} frames to {run / 'labels'}")
+    return run / "labels"

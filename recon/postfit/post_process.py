@@ -1,0 +1,136 @@
+"""Post-processes of a finished run folder that need no model: mesh culling and fragment merging.
+
+Both read the labelled mesh (mesh.ply, legend.json, instances.json), rewrite what changes atomically
+and record the setting they applied in config.yaml and log.txt, so the run says how it was made.
+`run.py cull-mesh` and `run.py merge-fragments` call them; the bench uses them to bring an older
+finished fit up to new post-process settings without refitting.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from recon.core.config import load_config, save_config
+from recon.core.io import atomic_write_bytes
+from recon.core.settings import FitSettings
+from recon.data.palette import class_palette
+from recon.data.ply import read_ply
+from recon.data.run_files import png16_bytes
+from recon.data.scene import load_scene
+from recon.postfit.fragments import merge_fragment_ids
+from recon.postfit.labelled_mesh import write_instances, write_label_meshes
+from recon.postfit.meshing import cull_faces, observed_mask
+from recon.train.runs import train_indices
+
+
+def read_labelled_run(run: Path, what: str) -> dict:
+    """A finished run's labelled mesh for a post-process (`what` names it in errors): vertices [V, 3],
+    faces [F, 3], rgb [V, 3] uint8, semantic / instance [V], the settings (config.yaml), the legend
+    palette and class names and, with an instance branch, token_ids and per-vertex confidence [V]
+    (each instance's score from instances.json)."""
+    run = Path(run)
+    for need in ("config.yaml", "mesh.ply", "legend.json"):
+        if not (run / need).is_file():
+            raise FileNotFoundError(f"{run} has no {need}: {what} needs a finished run")
+    verts, faces, colors, props = read_ply(run / "mesh.ply")
+    if "instance" not in props or "semantic" not in props:
+        raise ValueError(f"{run / 'mesh.ply'} has no 'instance' / 'semantic' vertex properties")
+    legend = json.loads((run / "legend.json").read_text())
+    out = {"settings": load_config(FitSettings, run / "config.yaml"), "verts": verts, "faces": faces,
+           "rgb": colors if colors is not None else np.zeros((len(verts), 3), np.uint8),
+           "semantic": props["semantic"].astype(np.int64), "instance": props["instance"].astype(np.int64),
+           "pal": class_palette(max(int(e["id"]) for e in legend) + 1),      # the colours legend.json lists
+           "names": {int(e["id"]): e["name"] for e in legend}, "token_ids": None, "confidence": None}
+    if (run / "instances.json").is_file():
+        doc = json.loads((run / "instances.json").read_text())
+        out["token_ids"] = np.asarray(doc.get("token_ids") or [], np.int64)
+        score = {int(e["id"]): float(e["score"]) for e in doc.get("instances", [])}
+        inst = out["instance"]
+        out["confidence"] = np.array([score.get(i, 0.0) for i in range(int(inst.max(initial=0)) + 1)])[inst]
+    return out
+
+
+def rewrite_labelled_run(run: Path, lr: dict, verts: np.ndarray, faces: np.ndarray, keep_vertices: np.ndarray | None,
+                         instance: np.ndarray, token_ids: np.ndarray | None) -> None:
+    """Write a post-processed mesh of read_labelled_run's `lr`: mesh*.ply and, with an instance branch,
+    instances/ and instances.json. keep_vertices [V_old] bool selects lr's vertex attributes (None: all);
+    instance [V_new] and token_ids are the (possibly remapped) ids."""
+    sel = slice(None) if keep_vertices is None else keep_vertices
+    rgb, sem = lr["rgb"][sel], lr["semantic"][sel]
+    assert len(rgb) == len(verts) == len(instance), "post-process: vertex attributes do not match the mesh"
+    write_label_meshes(run, verts, faces, rgb, sem, instance, lr["pal"])
+    if lr["token_ids"] is not None:
+        write_instances(run, verts, faces, rgb, sem, instance, lr["confidence"][sel], lr["names"], token_ids,
+                        lr["settings"].panoptic.min_instance_vertices)
+
+
+def record_post_process(run: Path, settings, line: str, log=print) -> None:
+    """A post-process of a finished run is done: save its settings to config.yaml, append `line` to log.txt."""
+    save_config(settings, Path(run) / "config.yaml")
+    with open(Path(run) / "log.txt", "a") as fh:
+        fh.write(line + "\n")
+    log(line)
+
+
+def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
+    """Cull a finished run's mesh with the near-surface rule (observed_mask with mesh.cull_margin_m behind and
+    `front_margin_m` in front of the training views' depth; default: the run's mesh.cull_front_margin_m),
+    without its model: faces only go, vertex labels stay. Rewrites mesh.ply, mesh_semantic.ply,
+    mesh_panoptic.ply and, with an instance branch, instances/ and instances.json, each atomically; records the
+    margin in config.yaml and log.txt. Label images come from the fields and do not change. Culling twice with
+    one margin removes nothing the second time. Returns the number of faces removed."""
+    run = Path(run)
+    lr = read_labelled_run(run, "mesh culling")
+    s = lr["settings"]
+    front = s.mesh.cull_front_margin_m if front_margin_m is None else float(front_margin_m)
+    scene_txt = run / "scene.txt"
+    if not scene_txt.is_file():
+        raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({scene_txt} missing)")
+    scene = load_scene(Path(scene_txt.read_text().strip()), check_images=False)
+    idx = train_indices(scene, s)
+    depth_z = [scene.load_depth_m(i) for i in idx]                       # [H, W] each, z-depth in metres
+    faces = lr["faces"]
+    new_v, new_f, used = cull_faces(                          # the rule extract_mesh applies (keep_mode "all")
+        lr["verts"], faces, lambda p: observed_mask(p, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front),
+        return_used=True)
+    removed = len(faces) - len(new_f)
+    rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
+    s.mesh.cull_front_margin_m = front
+    record_post_process(run, s, f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m "
+                                f"behind the training views' depth): removed {removed} of {len(faces)} faces", log)
+    return removed
+
+
+def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges: int | None = None,
+                        log=print) -> dict[int, int]:
+    """Apply fragment merging to a finished run folder, without its model (ids only change).
+
+    Rewrites RUN/mesh.ply, mesh_semantic.ply and mesh_panoptic.ply, instances/ and
+    instances.json, and every labels/instance/*.png through one id map, each file atomically;
+    records the settings in config.yaml (panoptic.merge_fragments and its parameters) and log.txt.
+    Parameters default to the run's config values. Returns the merges (old id -> old id merged into)."""
+    run = Path(run)
+    if not (run / "instances.json").is_file():
+        raise FileNotFoundError(f"{run} has no instances.json: fragment merging needs a finished run with instances")
+    lr = read_labelled_run(run, "fragment merging")
+    s = lr["settings"]
+    p = s.panoptic
+    p.fragment_max_fraction = p.fragment_max_fraction if max_fraction is None else float(max_fraction)
+    p.fragment_min_shared_edges = p.fragment_min_shared_edges if min_shared_edges is None else int(min_shared_edges)
+    inst, token_ids = lr["instance"], lr["token_ids"]
+    merges, lut = merge_fragment_ids(lr["faces"], inst, lr["semantic"], token_ids, p, log)
+    if lut is not None:
+        rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, lut[inst], lut[token_ids])
+        for png in sorted((run / "labels" / "instance").glob("*.png")):
+            ids = np.asarray(Image.open(png)).astype(np.int64)
+            ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))
+            ext[:len(lut)] = lut
+            atomic_write_bytes(png, png16_bytes(ext[ids], png))
+    p.merge_fragments = True
+    record_post_process(run, s, f"fragment merging (max_fraction {p.fragment_max_fraction}, min_shared_edges "
+                                f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) "
+                                f"{dict(sorted(merges.items()))}", log)
+    return merges
