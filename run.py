@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:                # output piped into a reader that stopped early (| head): not an error
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:              # what was finished is kept (a fit saves a checkpoint first)
+        print("interrupted; what was finished is kept (a fit resumes with 'fit --resume')", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

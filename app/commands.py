@@ -28,7 +28,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from recon.export.run_data import ExportError
     from recon.train.memory import FitMemoryError
     return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError,
-            GsamUnavailable, FileExistsError, FileNotFoundError)
+            GsamUnavailable, FileExistsError, FileNotFoundError, PermissionError, NotADirectoryError,
+            IsADirectoryError)
 
 
 def _guard(fn):

@@ -35,6 +35,7 @@ from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points
 from eval.mesh_utils import raycast_depth
 from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
 from recon.core.io import atomic_write_text
+from recon.core.runfolder import writes_run
 from recon.data.ply import read_ply
 from recon.data.run_files import depth_pixel_grid, has_label_images, missing_label_frames, read_label_images
 from recon.data.scene import Scene, load_scene
@@ -209,7 +210,7 @@ def field_label_metrics(run: Path, scene: Scene, gt: dict, point_labeller: Point
     (the run has no checkpoint)."""
     got = point_labeller(run, gt["observed_vertices"])
     if got is None:
-        log(f"{run} has no checkpoints/last.pt: semantic_3d_fields and instance_3d_fields skipped")
+        log(f"{run} has no checkpoint: semantic_3d_fields and instance_3d_fields skipped")
         return {}
     sem, inst = got
     out = {"semantic_3d_fields": semantic_3d_block(sem, gt["vertex_semantic"], scene)}
@@ -218,6 +219,7 @@ def field_label_metrics(run: Path, scene: Scene, gt: dict, point_labeller: Point
     return out
 
 
+@writes_run("eval")
 def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print,
                  point_labeller: PointLabeller | None = None) -> dict:
     """Every metric of the run folder `run` against its scene's ground truth, written to RUN/metrics.json.
@@ -235,8 +237,9 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         missing = missing_label_frames(run, scene.frame_ids)
         if missing:
             raise FileNotFoundError(f"{run / 'labels'}: label images missing for {len(missing)} of "
-                                    f"{len(scene.frame_ids)} frames (first: {', '.join(missing[:5])}); "
-                                    f"render them for every frame of the scene")
+                                    f"{len(scene.frame_ids)} frames (first: {', '.join(missing[:5])}); the fit "
+                                    f"did not finish its post-fit steps: 'python run.py fit --scene SCENE --out "
+                                    f"{run} --resume' (with the run's settings) makes them")
     pv, pf, _, pprops = read_ply(mesh_path)
     pred = {"vertices": pv, "faces": pf, "props": pprops}
     metrics: dict = {}

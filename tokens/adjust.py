@@ -68,6 +68,11 @@ from tokens.tokens import InstanceTokens, resize_adam_state
 
 @dataclass
 class AdjustConfig:
+    RANGES = {"every_iters": ">=1", "window_iters": ">=1", "n_min": ">=0", "iom_threshold": "[0, 1]",
+              "mask_prob_threshold": "[0, 1]", "argmax_min_prob": "[0, 1]", "split_persist_checks": ">=1",
+              "split_min_events": ">=1", "split_offset_m": ">=0", "max_tokens": ">=1", "split_until_iters": ">=0",
+              "split_max_cost": ">=0", "min_tokens": ">=0", "blind_max_overlap": "[0, 1]", "blind_min_events": ">=1",
+              "blind_min_distance_m": ">=0"}   # valid values, checked when the settings are loaded (recon/core/config.py)
     every_iters: int = 200            # a check runs when this many iterations passed since the last one
     window_iters: int = 200           # sliding window of assignment history (iterations)
     n_min: int = 2                    # useless: fewer frame assignments than this in the window

@@ -31,6 +31,7 @@ from recon.data.run_files import read_label_images
 from recon.data.scene import load_scene
 from recon.postfit.post_process import cull_run_mesh, merge_run_fragments
 from recon.train.callbacks import MetricMonitor
+from recon.train.checkpoint import has_checkpoint
 
 
 def subset_scores(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[tuple[np.ndarray, np.ndarray]],
@@ -179,7 +180,7 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
             if "merge" in steps and (run / "instances.json").is_file():     # without instances nothing merges
                 merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
                                     log=say)
-        elif same and (run / "checkpoints" / "last.pt").is_file():
+        elif same and has_checkpoint(run):
             fit_scene(scene_dir, run, s, resume=True, progress=progress, extra_callbacks=extra)  # interrupted earlier
         else:
             fit_scene(scene_dir, run, s, force=True, progress=progress, extra_callbacks=extra)

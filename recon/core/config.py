@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import math
 import re
 import textwrap
 import tokenize
@@ -115,11 +116,43 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     if unknown:
         raise ConfigError(_unknown_key_message(unknown[0], prefix, list(types_)))
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    for k, v in kwargs.items():
+        _check_value(v, getattr(cls, "RANGES", {}).get(k), prefix + k)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid settings in '{prefix.rstrip('.') or 'config'}': {exc}") from exc
     return obj
+
+
+_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*([^,]+),\s*([^\])]+)([\])])$")
+
+
+def in_range(value: float, spec: str) -> bool:
+    """Whether `value` satisfies a range spec: ">=1", ">0", "<=5", "[0, 1]", "(0, 1]" (brackets closed, parentheses
+    open)."""
+    m = _BOUND.match(spec.strip())
+    if m:
+        op, bound = m[1], float(m[2])
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]
+    m = _INTERVAL.match(spec.strip())
+    assert m, f"bad range spec {spec!r}"
+    lo, hi = float(m[2]), float(m[3])
+    return (value >= lo if m[1] == "[" else value > lo) and (value <= hi if m[4] == "]" else value < hi)
+
+
+def _check_value(value: Any, spec: str | None, where: str) -> None:
+    """Numbers must be finite and, where the settings class gives a range (its RANGES), inside it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (list, tuple)) and spec is not None:
+            for i, v in enumerate(value):
+                _check_value(v, spec, f"{where}[{i}]")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"'{where}' must be a finite number, got {value}")
+    if spec is not None and not in_range(value, spec):
+        raise ConfigError(f"'{where}' must be {'in ' if spec.strip()[0] in '[(' else ''}{spec}, got {value}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -257,6 +290,7 @@ class SettingRow:
     default: Any
     value: Any         # the value in the settings described
     help: str
+    range: str = ""    # e.g. ">=1", "[0, 1]" (the settings class's RANGES), "" = any
 
 
 def settings_rows(cfg: Any) -> list[SettingRow]:
@@ -273,7 +307,7 @@ def settings_rows(cfg: Any) -> list[SettingRow]:
                 walk(v, d, prefix + f.name + ".")
             else:
                 rows.append(SettingRow(prefix + f.name, _type_text(hints[f.name]), to_dict(d), to_dict(v),
-                                       helps.get(f.name, "")))
+                                       helps.get(f.name, ""), getattr(cls, "RANGES", {}).get(f.name, "")))
 
     walk(cfg, type(cfg)(), "")
     return rows

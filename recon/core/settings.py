@@ -11,6 +11,7 @@ from tokens.adjust import AdjustConfig
 @dataclass
 class SynthSettings:
     """`run.py synth`: procedural scene + simulated Grounded-SAM masks."""
+    RANGES = {"seed": ">=0", "size": "[8, 16384]", "frames": ">=2", "holdout_every": ">=0"}   # valid values, checked when the settings are loaded
     preset: Literal["room", "apartment", "clutter"] = "room"  # the kind of scene
     seed: int = 0                        # one seed drives geometry, trajectory and masks
     size: tuple[int, int] = (160, 120)   # image width, height in pixels
@@ -29,6 +30,8 @@ class SynthSettings:
 @dataclass
 class GridSettings:
     """A multiresolution hash grid (instant-NGP), sized to the scene by its finest cell."""
+    RANGES = {"n_levels": "[1, 32]", "n_features_per_level": "[1, 8]", "log2_hashmap_size": "[4, 32]",
+              "base_resolution": ">=2", "finest_cell_m": ">0"}   # valid values, checked when the settings are loaded
     n_levels: int = 16                   # resolution levels of the grid
     n_features_per_level: int = 2        # features stored per level and table entry
     log2_hashmap_size: int = 19          # entries per level = 2^this (the memory knob)
@@ -39,6 +42,8 @@ class GridSettings:
 
 @dataclass
 class ModelSettings:
+    RANGES = {"sdf_hidden": ">=1", "sdf_layers": ">=1", "geo_feat_dim": ">=1", "semantic_hidden": ">=1",
+              "instance_hidden": ">=1", "color_hidden": ">=1", "box_margin_m": ">=0"}   # valid values, checked when the settings are loaded
     sdf_grid: GridSettings = field(default_factory=GridSettings)  # the SDF field's hash grid
     sdf_hidden: int = 64                 # width of the SDF MLP
     sdf_layers: int = 2                  # hidden layers of the SDF MLP
@@ -55,6 +60,8 @@ class ModelSettings:
 
 @dataclass
 class RenderSettings:
+    RANGES = {"n_stratified": ">=0", "n_surface": ">=0", "band_m": ">0", "near_m": ">=0", "far_m": ">=0",
+              "xi": ">0", "chunk_rays": ">=1"}   # valid values, checked when the settings are loaded
     n_stratified: int = 12               # samples spread over [near, min(far, depth + band)]
     n_surface: int = 20                  # samples in [depth - band, depth + band] (rays with valid depth)
     band_m: float = 0.10                 # half width of the near-surface band, metres
@@ -63,9 +70,16 @@ class RenderSettings:
     xi: float = 100.0                    # sharpness of sig(s) = 1/(1+exp(-xi s)) in Eq. 11, 1/metres
     chunk_rays: int = 4096               # rays per chunk when rendering whole images
 
+    def __post_init__(self) -> None:
+        if self.n_stratified + self.n_surface < 1:
+            raise ValueError("n_stratified + n_surface must be at least 1 (samples per ray)")
+
 
 @dataclass
 class LossSettings:
+    RANGES = {"trunc_m": ">0", "beta": ">=0", "w_sdf": ">=0", "w_free": ">=0", "w_eik": ">=0", "w_depth": ">=0",
+              "w_rgb": ">=0", "w_sem": ">=0", "eik_fraction": "[0, 1]", "w_ins": ">=0", "w_cls": ">=0",
+              "w_pan": ">=0"}   # valid values, checked when the settings are loaded
     trunc_m: float = 0.08                # tau of Eq. 24
     beta: float = 5.0                    # free-space term exp(-beta s) - 1 of Eq. 24
     w_sdf: float = 10.0                  # truncated region |s - b|
@@ -82,6 +96,11 @@ class LossSettings:
 
 @dataclass
 class TrainSettings:
+    RANGES = {"iters": ">=1", "rays_per_iter": ">=1", "frames_per_iter": ">=1", "mask_ray_fraction": "[0, 1]",
+              "lr_grid": ">0", "lr_mlp": ">0", "lr_final_factor": "(0, 1]", "geometry_only_iters": ">=0",
+              "pan_start_iters": ">=0", "dice_off_iters": ">=0", "checkpoint_every": ">=1",
+              "keep_checkpoints": ">=0", "monitor_every": ">=0", "log_every": ">=1", "seed": ">=0",
+              "threads": ">=0"}   # valid values, checked when the settings are loaded
     iters: int = 2000                    # optimisation steps of the whole fit
     rays_per_iter: int = 1024            # rays per step
     frames_per_iter: int = 4             # rays of a step come from this many frames (the instance assignment needs it)
@@ -109,6 +128,8 @@ class TrainSettings:
 
 @dataclass
 class MeshSettings:
+    RANGES = {"voxel_size_m": ">0", "chunk_voxels": ">=1", "cull_margin_m": ">=0", "cull_front_margin_m": ">=0",
+              "label_offset_m": ">=0", "heldout_depth_stride": ">=1"}   # valid values, checked when the settings are loaded
     voxel_size_m: float = 0.02           # marching-cubes voxel edge, metres
     chunk_voxels: int = 64               # voxels per axis meshed at once (bounds memory, not the result)
     cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
@@ -121,6 +142,9 @@ class MeshSettings:
 @dataclass
 class TokenSettings:
     """The instance branch: Gaussian-modulated query tokens (METHOD.md sections 4, 5, 7)."""
+    RANGES = {"n_init": ">=0", "feat_dim": ">=1", "class_dim": ">=1", "init_scale_m": ">=0", "init_frames": ">=1",
+              "min_mask_pixels": ">=1", "temperature": ">0", "lr_means": ">=0", "lr_shape": ">=0",
+              "lr_features": ">=0", "adjust_points": ">=1"}   # valid values, checked when the settings are loaded
     enabled: bool = True                 # off, or a scene without thing masks: no instance branch
     n_init: int = 0                      # initial tokens; 0 = auto (enough for every 3D mask cluster, >= 2x the
                                          # largest number of thing masks in one frame), capped at adjust_rules.max_tokens
@@ -141,6 +165,8 @@ class TokenSettings:
 
 @dataclass
 class PanopticSettings:
+    RANGES = {"min_instance_vertices": ">=0", "fragment_max_fraction": "[0, 1]",
+              "fragment_min_shared_edges": ">=1"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
     merge_fragments: bool = True         # post-process: a small instance merges into the same-class instance it
@@ -151,6 +177,7 @@ class PanopticSettings:
 
 @dataclass
 class DataSettings:
+    RANGES = {"max_memory_gb": ">=0"}   # valid values, checked when the settings are loaded
     split: str = "train"                 # frames to train on (splits.json); all frames when absent
     skip_bad_frames: bool = False        # drop frames with bad poses (with a warning) instead of refusing the scene
     max_memory_gb: float = 0.0           # refuse settings estimated above this; 0 = 80% of available memory

@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from recon.core.io import staged_dir
+from recon.core.io import check_replaceable, marker_path, staged_dir, write_marker
 
 FRAME_ID_RE = re.compile(r"^\d{6}$")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -39,14 +39,36 @@ PER_FRAME_DIRS = {
 RIGID_TOL = 1e-3  # max |R^T R - I| and |det R - 1| for a pose to count as rigid
 
 
+DEFAULT_DEPTH_UNIT_M = 0.001      # depth PNGs hold millimetres unless scene.json says otherwise
+MIN_MEDIAN_DEPTH_M = 0.1          # an indoor scene whose median valid depth is outside this range is a unit mistake
+MAX_MEDIAN_DEPTH_M = 30.0
+
+
 class SceneError(ValueError):
     """A scene folder failed validation; `problems` holds one message per problem."""
 
     def __init__(self, root: Path | str, problems: list[str]):
         self.root = Path(root)
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        lines = "\n".join(f"  - {p}" for p in group_problems(self.problems))
         super().__init__(f"scene {self.root} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+_FRAME_ID = re.compile(r"(?<![0-9])[0-9]{6}(?![0-9])")
+
+
+def group_problems(problems: list[str], show: int = 1) -> list[str]:
+    """One line per root cause: problems that differ only in their 6-digit frame ids are shown once, with
+    the number of further frames that have the same problem."""
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        groups.setdefault(_FRAME_ID.sub("NNNNNN", p), []).append(p)
+    out = []
+    for members in groups.values():
+        out += members[:show]
+        if len(members) > show:
+            out.append(f"... and {len(members) - show} more frame(s) with the same problem")
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,10 +145,17 @@ class Scene:
         fid = self.frame_ids[i]
         return np.asarray(Image.open(self.root / "color" / f"{fid}{self.color_ext[fid]}").convert("RGB"))
 
+    @property
+    def depth_unit_m(self) -> float:
+        """Metres per stored depth unit: scene.json "depth_unit_m", default 0.001 (millimetres)."""
+        return float(self.meta.get("depth_unit_m", DEFAULT_DEPTH_UNIT_M))
+
     def load_depth_m(self, i: int) -> np.ndarray:
         """[H, W] float32 z-depth in metres, 0 = invalid."""
-        depth_mm = _read_png16(self.root / "depth" / f"{self.frame_ids[i]}.png")
-        return depth_mm.astype(np.float32) / 1000.0
+        raw = _read_png16(self.root / "depth" / f"{self.frame_ids[i]}.png")
+        if self.depth_unit_m == DEFAULT_DEPTH_UNIT_M:
+            return raw.astype(np.float32) / 1000.0
+        return (raw.astype(np.float64) * self.depth_unit_m).astype(np.float32)
 
     def load_masks(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
         """(instance [H, W] uint16, semantic [H, W] uint16, scores {id: {"class", "score"}})."""
@@ -278,7 +307,9 @@ def load_scene(root: str | Path, *, skip_bad_frames: bool = False, check_images:
         except ValueError as exc:
             problems.append(f"{k_path}: {exc}")
 
+    n_before = len(problems)
     classes = _load_classes(root / "classes.json", problems)
+    classes_ok = len(problems) == n_before          # else label images are not checked against the classes
     class_ids = {c.id for c in classes}
     thing_ids = {c.id for c in classes if c.thing}
 
@@ -336,9 +367,27 @@ def load_scene(root: str | Path, *, skip_bad_frames: bool = False, check_images:
     if skip_bad_frames:
         frame_ids = [f for f in frame_ids if f not in bad_pose]
 
+    meta = {}
+    m_path = root / "scene.json"
+    if m_path.is_file():
+        try:
+            meta = json.loads(m_path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("must be a JSON object")
+        except ValueError as exc:
+            problems.append(f"{m_path}: not valid JSON ({exc})")
+            meta = {}
+    unit = meta.get("depth_unit_m", DEFAULT_DEPTH_UNIT_M)
+    if isinstance(unit, bool) or not isinstance(unit, (int, float)) or not (0 < unit < 1e3):
+        problems.append(f"{m_path}: depth_unit_m must be a positive number of metres per stored depth unit "
+                        f"(0.001 for millimetres), got {unit!r}")
+        unit = DEFAULT_DEPTH_UNIT_M
+
     # images
     width = height = 0
     color_ext = listings.get("color", {})
+    zero_depth: list[str] = []
+    depth_medians: list[float] = []
     for n, fid in enumerate(frame_ids):
         if not check_images and n > 0:
             break
@@ -373,12 +422,24 @@ def load_scene(root: str | Path, *, skip_bad_frames: bool = False, check_images:
         if dimg.mode not in ("I;16", "I;16B", "I;16L", "I"):
             problems.append(f"{d_path}: depth has mode {dimg.mode}; expected uint16 millimetres")
             continue
-        if not np.any(np.asarray(dimg)):
+        depth_raw = np.asarray(dimg)
+        if not np.any(depth_raw):
+            if skip_bad_frames:
+                warnings.warn(f"skipping frame {fid}: {d_path}: depth is all zero (no valid measurement)")
+                zero_depth.append(fid)
+                continue
             problems.append(f"{d_path}: depth is all zero (no valid measurement)")
+        else:
+            depth_medians.append(float(np.median(depth_raw[depth_raw > 0])))
         if has_masks and "masks/instance" in listings and "masks/semantic" in listings:
-            _check_masks(root, fid, c_size, class_ids, thing_ids, listings, problems)
+            _check_masks(root, fid, c_size, class_ids if classes_ok else None, thing_ids, listings, problems)
         if has_gt_images and "gt/semantic" in listings and "gt/instance" in listings:
-            _check_gt(root, fid, c_size, class_ids, listings, problems)
+            _check_gt(root, fid, c_size, class_ids if classes_ok else None, listings, problems)
+
+    if zero_depth:
+        frame_ids = [f for f in frame_ids if f not in zero_depth]
+    if check_images and depth_medians:
+        problems += depth_unit_problems(root, float(np.median(depth_medians)) * float(unit), len(depth_medians))
 
     gt_mesh = root / "gt" / "mesh.ply"
     splits = {"train": list(frame_ids), "eval": list(frame_ids)}
@@ -394,41 +455,50 @@ def load_scene(root: str | Path, *, skip_bad_frames: bool = False, check_images:
                     splits[name] = [f for f in raw[name] if f in set(frame_ids)]
         except (json.JSONDecodeError, TypeError) as exc:
             problems.append(f"{s_path}: not valid JSON ({exc})")
-    meta = {}
-    m_path = root / "scene.json"
-    if m_path.is_file():
-        try:
-            meta = json.loads(m_path.read_text())
-        except json.JSONDecodeError as exc:
-            problems.append(f"{m_path}: not valid JSON ({exc})")
-
     if problems:
         raise SceneError(root, problems)
     return Scene(root=root, K=K, width=width, height=height, frame_ids=frame_ids,
                  c2w=np.stack([poses[f] for f in frame_ids]) if frame_ids else np.zeros((0, 4, 4)),
                  classes=classes, color_ext={f: color_ext[f] for f in frame_ids}, has_masks=has_masks,
                  has_gt_images=has_gt_images, gt_mesh_path=gt_mesh if gt_mesh.is_file() else None,
-                 splits=splits, meta=meta, skipped=bad_pose if skip_bad_frames else [])
+                 splits=splits, meta=meta, skipped=(bad_pose + zero_depth) if skip_bad_frames else [])
 
 
-def _check_masks(root: Path, fid: str, size: tuple[int, int], class_ids: set[int], thing_ids: set[int],
+def depth_unit_problems(root: Path, median_m: float, n_frames: int) -> list[str]:
+    """The depth of an indoor scene lies at tens of centimetres to several metres: a median far outside
+    [MIN_MEDIAN_DEPTH_M, MAX_MEDIAN_DEPTH_M] is a unit mistake, caught before any work."""
+    where = f"{root / 'depth'}: the median valid depth over {n_frames} frame(s) is {median_m:.4g} m"
+    fix = (f"store depth as uint16 millimetres (round(depth_m * 1000)), or, if the images use another unit, set "
+           f"\"depth_unit_m\" in {root / 'scene.json'} to the metres per stored unit (0.001 = millimetres, "
+           f"0.0002 = 5000 units per metre)")
+    if median_m < MIN_MEDIAN_DEPTH_M:
+        return [f"{where}, too close for an indoor scene: depth in metres stored as integers? Then it has lost "
+                f"everything below a metre; {fix}"]
+    if median_m > MAX_MEDIAN_DEPTH_M:
+        return [f"{where}, too far for an indoor scene: a finer unit than millimetres (e.g. 0.1 mm)? {fix}"]
+    return []
+
+
+def _check_masks(root: Path, fid: str, size: tuple[int, int], class_ids: set[int] | None, thing_ids: set[int],
                  listings: dict[str, dict[str, str]], problems: list[str]) -> None:
+    """class_ids None: classes.json is broken (reported once already), so ids are not checked against it."""
     i_path = root / "masks" / "instance" / f"{fid}{listings['masks/instance'][fid]}"
     s_path = root / "masks" / "semantic" / f"{fid}{listings['masks/semantic'][fid]}"
     j_path = root / "masks" / "scores" / f"{fid}.json"
     inst = _check_label_image(i_path, size, problems)
     sem = _check_label_image(s_path, size, problems)
     scores = None
-    try:
-        scores = json.loads(j_path.read_text())
-        if not isinstance(scores, dict):
-            raise ValueError("must be a JSON object {instance id: {class, score}}")
-    except (OSError, ValueError) as exc:
-        problems.append(f"{j_path}: {exc}")
-        scores = None
-    if sem is not None:
+    if "masks/scores" in listings and fid in listings["masks/scores"]:   # a missing folder is reported once
+        try:
+            scores = json.loads(j_path.read_text())
+            if not isinstance(scores, dict):
+                raise ValueError("must be a JSON object {instance id: {class, score}}")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{j_path}: {exc}")
+            scores = None
+    if sem is not None and class_ids is not None:
         _check_class_ids(s_path, sem, class_ids, problems)
-    if inst is None or sem is None:
+    if inst is None or sem is None or class_ids is None:
         return
     on_inst = inst > 0
     stuff_with_inst = on_inst & ~np.isin(sem, list(thing_ids))
@@ -443,10 +513,12 @@ def _check_masks(root: Path, fid: str, size: tuple[int, int], class_ids: set[int
             try:
                 listed.add(int(k))
                 cls_ = int(v["class"])
-                float(v["score"])
+                score = float(v["score"])
             except (ValueError, TypeError, KeyError):
                 problems.append(f"{j_path}: entry {k!r} must be {{\"class\": int, \"score\": float}}")
                 continue
+            if not (np.isfinite(score) and 0.0 <= score <= 1.0):
+                problems.append(f"{j_path}: instance {k} has score {v['score']!r}; scores are confidences in [0, 1]")
             if cls_ not in class_ids:
                 problems.append(f"{j_path}: instance {k} has class id {cls_}, which is not in classes.json")
             elif cls_ not in thing_ids:
@@ -456,13 +528,13 @@ def _check_masks(root: Path, fid: str, size: tuple[int, int], class_ids: set[int
             problems.append(f"{j_path}: instance id(s) {missing[:8]} present in {i_path.name} have no score entry")
 
 
-def _check_gt(root: Path, fid: str, size: tuple[int, int], class_ids: set[int],
+def _check_gt(root: Path, fid: str, size: tuple[int, int], class_ids: set[int] | None,
               listings: dict[str, dict[str, str]], problems: list[str]) -> None:
     s_path = root / "gt" / "semantic" / f"{fid}{listings['gt/semantic'][fid]}"
     i_path = root / "gt" / "instance" / f"{fid}{listings['gt/instance'][fid]}"
     sem = _check_label_image(s_path, size, problems)
     _check_label_image(i_path, size, problems)
-    if sem is not None:
+    if sem is not None and class_ids is not None:
         _check_class_ids(s_path, sem, class_ids, problems)
 
 
@@ -553,18 +625,34 @@ def classes_to_json(classes: Iterable[ClassInfo | dict]) -> list[dict]:
     return out
 
 
+SCENE_SOURCES = ("synthetic", "replica-nice-slam", "replica-semantic-nerf", "scannet", "scannetpp", "7scenes")
+
+
+def is_scene_folder(folder: Path) -> bool:
+    """A scene folder this tool wrote: the marker, or (older scenes) scene.json naming one of our sources."""
+    folder = Path(folder)
+    if marker_path(folder, "scene").is_file():
+        return True
+    try:
+        return json.loads((folder / "scene.json").read_text()).get("source") in SCENE_SOURCES
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_scene(out: str | Path, *, K: np.ndarray, frames: Iterable[FrameRecord], classes: Iterable[ClassInfo | dict],
                 splits: dict[str, list[str]] | None = None, meta: dict | None = None,
                 gt_mesh_writer=None, frame_ids: list[str] | None = None, overwrite: bool = False,
-                validate: bool = True) -> Path:
+                validate: bool = True, inputs: tuple[Path | str, ...] = ()) -> Path:
     """Write a scene folder atomically and return its path.
 
     The folder is built under a temporary name beside `out`, validated with `load_scene`
     (unless `validate=False`) and renamed into place. An existing `out` is refused unless
-    `overwrite`, in which case it is replaced only after the new scene is complete.
+    `overwrite`, in which case it is replaced only after the new scene is complete, and only if it is a
+    scene folder this tool wrote (is_scene_folder) that is not, and does not hold, one of `inputs`.
     `gt_mesh_writer(path)`, if given, writes gt/mesh.ply into the temporary folder.
     """
     out = Path(out)
+    check_replaceable(out, "scene", is_scene_folder, inputs)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite (--force) to replace it")
     K = np.asarray(K, dtype=np.float64)
@@ -596,6 +684,7 @@ def write_scene(out: str | Path, *, K: np.ndarray, frames: Iterable[FrameRecord]
         if gt_mesh_writer is not None:
             (tmp / "gt").mkdir(exist_ok=True)
             gt_mesh_writer(tmp / "gt" / "mesh.ply")
+        write_marker(tmp, "scene")
         if validate:
             load_scene(tmp)
     return out

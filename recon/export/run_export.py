@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.core.io import atomic_write_text, staged_dir
+from recon.core.runfolder import writes_run
 from recon.export.collision import MIN_FACES
 from recon.export.frames import UpFrame, find_up_frame, is_floor_name
 from recon.export.meshes import COLOR_MODES, vertex_colors
@@ -57,6 +58,7 @@ def _make_readable(folder: Path) -> None:
         p.chmod((0o755 if p.is_dir() else 0o644) & ~mask)
 
 
+@writes_run("export")
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, collision_faces: int = 2000,
                color_by: str = "rgb", log=print) -> Path:
     """Export RUN as `fmt` into `out` (default RUN/export/<fmt>); returns the output folder."""

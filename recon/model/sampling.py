@@ -38,8 +38,8 @@ class FrameBank:
     ray_scale: torch.Tensor       # [P] |d_cam| with z = 1: along-ray distance = z-depth * ray_scale
     depth_ray_m: torch.Tensor     # [F, P] float32 distance along the unit ray, 0 = invalid
     rgb: torch.Tensor             # [F, P, 3] uint8
-    semantic: torch.Tensor | None  # [F, P] int16 mask class ids (0 = unlabelled), None without masks
-    instance: torch.Tensor | None  # [F, P] int16 per-frame mask ids
+    semantic: torch.Tensor | None  # [F, P] int32 mask class ids (0 = unlabelled), None without masks
+    instance: torch.Tensor | None  # [F, P] int32 per-frame mask ids (the format allows all of uint16)
     thing_class: torch.Tensor | None = None  # [C] bool per class id: thing class (mask-balanced sampling)
 
     @property
@@ -52,8 +52,8 @@ class FrameBank:
 
 
 def bank_bytes(n_frames: int, width: int, height: int) -> int:
-    """Memory of a FrameBank: depth f32 + rgb u8x3 + semantic i16 + instance i16 per pixel."""
-    return n_frames * width * height * (4 + 3 + 2 + 2)
+    """Memory of a FrameBank: depth f32 + rgb u8x3 + semantic i32 + instance i32 per pixel."""
+    return n_frames * width * height * (4 + 3 + 4 + 4)
 
 
 def build_frame_bank(scene: Scene, indices: list[int], with_masks: bool = True) -> FrameBank:
@@ -68,8 +68,8 @@ def build_frame_bank(scene: Scene, indices: list[int], with_masks: bool = True) 
         rgb.append(scene.load_color(i).reshape(-1, 3))
         if with_masks and scene.has_masks:
             m_inst, m_sem, _ = scene.load_masks(i)
-            sem.append(m_sem.reshape(-1).astype(np.int16))
-            inst.append(m_inst.reshape(-1).astype(np.int16))
+            sem.append(m_sem.reshape(-1).astype(np.int32))
+            inst.append(m_inst.reshape(-1).astype(np.int32))
     return FrameBank(
         K=scene.K, width=scene.width, height=scene.height, frame_index=list(indices),
         c2w=torch.from_numpy(scene.c2w[indices]).float(),

@@ -7,6 +7,7 @@ import numpy as np
 
 from recon.model.inference import vertex_attributes
 from recon.postfit.labelled_mesh import apply_ids, read_token_ids
+from recon.train.checkpoint import has_checkpoint
 from recon.train.runs import load_run_full
 
 
@@ -20,7 +21,7 @@ def run_point_labels(run: Path, points: np.ndarray, device: str | None = "cpu"
     run = Path(run)
     points = np.asarray(points, np.float32)
     assert points.ndim == 2 and points.shape[1] == 3, f"points must be [N, 3], got {points.shape}"
-    if not (run / "checkpoints" / "last.pt").is_file():
+    if not has_checkpoint(run):
         return None
     s, model, branch, scene = load_run_full(run, device)
     attrs = vertex_attributes(model, points, s.mesh.label_offset_m, branch=branch, head=bool(s.panoptic.head))

@@ -15,6 +15,7 @@ from PIL import Image
 
 from recon.core.config import load_config, save_config
 from recon.core.io import atomic_write_bytes
+from recon.core.runfolder import writes_run
 from recon.core.settings import FitSettings
 from recon.data.palette import class_palette
 from recon.data.ply import read_ply
@@ -75,6 +76,7 @@ def record_post_process(run: Path, settings, line: str, log=print) -> None:
     log(line)
 
 
+@writes_run("cull-mesh")
 def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     """Cull a finished run's mesh with the near-surface rule (observed_mask with mesh.cull_margin_m behind and
     `front_margin_m` in front of the training views' depth; default: the run's mesh.cull_front_margin_m),
@@ -104,6 +106,7 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     return removed
 
 
+@writes_run("merge-fragments")
 def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges: int | None = None,
                         log=print) -> dict[int, int]:
     """Apply fragment merging to a finished run folder, without its model (ids only change).

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from recon.core.runfolder import writes_run
 from recon.data.palette import class_palette
 from recon.model.inference import far_plane, render_frame
 from recon.model.sampling import build_frame_bank
@@ -22,6 +23,7 @@ def depth_to_rgb(depth_m: np.ndarray, max_m: float) -> np.ndarray:
     return img
 
 
+@writes_run("render")
 def render_run_images(run: Path, frames: str = "eval", log=print) -> Path:
     """Write RUN/renders/<frame>_{rgb,depth,semantic}.png and RUN/renders/overview.png."""
     run = Path(run)

@@ -19,16 +19,17 @@ from tqdm import tqdm
 
 from recon.core.config import save_config, to_dict
 from recon.core.device import describe, resolve_device, synchronize
-from recon.core.io import atomic_write_text
-from recon.core.runfolder import RunLog, check_run_folder, peak_rss_mb
+from recon.core.io import atomic_write_text, check_replaceable, remove_stale_temporaries, write_marker
+from recon.core.runfolder import (RunLock, RunLog, check_run_folder, clear_run_folder, may_hold_run,
+                                 peak_rss_mb)
 from recon.core.settings import FitSettings
 from recon.data.scene import load_scene
 from recon.model.inference import far_plane
 from recon.model.instance_branch import InstanceBranch, init_tokens_from_bank
 from recon.model.sampling import build_frame_bank
 from recon.train.callbacks import Callback, FitContext
-from recon.train.checkpoint import save_checkpoint
-from recon.train.memory import check_memory
+from recon.train.checkpoint import load_checkpoint, save_checkpoint
+from recon.train.memory import check_memory, check_mesh_budget
 from recon.train.optim import TOKEN_LR_KEYS, lr_factor, make_optimizer
 from recon.train.runs import (build_model_for_scene, instance_branch_wanted, make_instance_state, restore_branch,
                               train_indices)
@@ -53,19 +54,50 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
 
     Ctrl-C (or `stop_at`, used by tests) stops after the current iteration with a checkpoint,
     so `fit --resume` continues exactly where it stopped (same schedule, same random stream).
+
+    One process writes a run at a time (RunLock); `force` replaces only a run folder of ours and never
+    the scene or a folder holding it. Every check runs before anything is written.
     """
-    scene = load_scene(scene_dir, skip_bad_frames=s.data.skip_bad_frames)
-    resolved = to_dict(s)
-    mode = check_run_folder(run, resolved, resume, force, defaults=to_dict(FitSettings()))
-    train_idx = train_indices(scene, s)
-    dev = resolve_device(s.train.device)
-    check_memory(scene, len(train_idx), s, scene.n_classes, dev)
+    run, scene_dir = Path(run), Path(scene_dir)
+    check_replaceable(run, "run", may_hold_run, inputs=(scene_dir,))       # before the lock creates anything
+    created = not run.exists()
+    lock = RunLock(run, f"fit {'--resume ' if resume else ''}into {run}", create=True)
+    try:
+        lock.acquire()
+    except BaseException:
+        if created:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    try:
+        try:
+            scene = load_scene(scene_dir, skip_bad_frames=s.data.skip_bad_frames)
+            mode = check_run_folder(run, to_dict(s), resume, force, defaults=to_dict(FitSettings()),
+                                    inputs=(scene_dir,))
+            train_idx = train_indices(scene, s)
+            dev = resolve_device(s.train.device)
+            check_memory(scene, len(train_idx), s, scene.n_classes, dev)
+            check_mesh_budget(scene, s)
+        except BaseException:
+            if created:                                   # refused before any work: leave no empty folder behind
+                lock.release()
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+        return _fit_locked(scene, scene_dir, run, s, mode, train_idx, dev, lock, progress, stop_at, callbacks)
+    finally:
+        lock.release()
+
+
+def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, train_idx: list[int], dev,
+                lock: RunLock, progress: bool, stop_at: int | None, callbacks) -> FitResult:
     if mode == "replace":
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
+        clear_run_folder(run)
+    write_marker(run, "run")
+    remove_stale_temporaries(run, recursive=True, log=lambda m: None)
     save_config(s, run / "config.yaml")
-    atomic_write_text(run / "scene.txt", str(Path(scene_dir).resolve()) + "\n")
+    atomic_write_text(run / "scene.txt", str(scene_dir.resolve()) + "\n")
     log = RunLog(run, append=(mode == "resume"))
+    if lock.stale:
+        log.info(f"the previous writer of {run} ended without releasing it ({lock.stale})")
     if s.train.threads > 0:
         torch.set_num_threads(s.train.threads)
     if not scene.has_masks:
@@ -77,10 +109,7 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
     box = None
     ckpt = None
     if mode == "resume":
-        last = run / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise FileExistsError(f"{run} has no checkpoint to resume from ({last} missing)")
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt, _ = load_checkpoint(run, log=log.info)
         box = ckpt["box"]
     with_inst = instance_branch_wanted(scene, s)
     if s.tokens.enabled and scene.has_masks and not with_inst:

@@ -13,6 +13,7 @@ from recon.core.settings import FitSettings
 from recon.data.scene import Scene, load_scene
 from recon.model.instance_branch import InstanceBranch
 from recon.model.scene_model import SceneModel, scene_box
+from recon.train.checkpoint import load_checkpoint
 from recon.train.optim import make_token_optimizer
 from recon.train.step import InstanceState
 from tokens.adjust import make_strategy
@@ -57,13 +58,13 @@ def train_indices(scene: Scene, s: FitSettings) -> list[int]:
     return idx
 
 
-def load_run(run: Path) -> tuple[FitSettings, SceneModel, Scene]:
-    """Settings, trained model (last checkpoint) and scene of a run folder."""
-    s, model, _, scene = load_run_full(run)
+def load_run(run: Path, log=print) -> tuple[FitSettings, SceneModel, Scene]:
+    """Settings, trained model (newest readable checkpoint) and scene of a run folder."""
+    s, model, _, scene = load_run_full(run, log=log)
     return s, model, scene
 
 
-def load_run_full(run: Path, device: str | None = None
+def load_run_full(run: Path, device: str | None = None, log=print
                   ) -> tuple[FitSettings, SceneModel, InstanceBranch | None, Scene]:
     """Settings, trained model, instance branch (None without one) and scene of a run folder, on
     `device` (default: the run's train.device setting; "auto" = CUDA where available)."""
@@ -72,10 +73,7 @@ def load_run_full(run: Path, device: str | None = None
     s = load_config(FitSettings, run / "config.yaml")
     scene = load_scene(Path((run / "scene.txt").read_text().strip()), skip_bad_frames=s.data.skip_bad_frames,
                        check_images=False)
-    ckpt_path = run / "checkpoints" / "last.pt"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"{run} has no checkpoint ({ckpt_path})")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt, _ = load_checkpoint(run, log=log)
     model = build_model_for_scene(scene, s, train_indices(scene, s), ckpt["box"], with_instance="instance" in ckpt)
     model.load_state_dict(ckpt["model"])
     dev = resolve_device(device if device is not None else s.train.device)

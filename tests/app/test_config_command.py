@@ -8,11 +8,12 @@ def test_config_lists_every_setting_with_its_value(capsys, tmp_path):
     assert run.main(["config", "--config", str(f), "render.xi=50"]) == 0
     out = capsys.readouterr().out.splitlines()
     head = out[0].split()
-    assert head == ["key", "type", "default", "value", "help"]
+    assert head == ["key", "type", "range", "default", "value", "help"]
     by_key = {line.split()[0]: line.split() for line in out[1:] if line and not line.startswith(" ")}
-    assert by_key["train.iters"][:5] == ["train.iters", "int", "2000", "77", "*"]
-    assert by_key["render.xi"][:5] == ["render.xi", "float", "100.0", "50.0", "*"]
-    assert by_key["train.seed"][:4] == ["train.seed", "int", "0", "0"] and by_key["train.seed"][4] != "*"
+    assert by_key["train.iters"][:6] == ["train.iters", "int", ">=1", "2000", "77", "*"]
+    assert by_key["render.xi"][:6] == ["render.xi", "float", ">0", "100.0", "50.0", "*"]
+    assert by_key["loss.eik_fraction"][2] == "[0,1]"
+    assert by_key["train.seed"][:5] == ["train.seed", "int", ">=0", "0", "0"] and by_key["train.seed"][5] != "*"
     assert "tokens.adjust_rules.max_tokens" in by_key
     assert out[-1].startswith("108 settings; 2 differ from the default")
 

@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from recon.data.readers import replica_nice_slam, replica_semantic_nerf, scannet, scannetpp, seven_scenes
 from recon.data.readers.common import ConvertPlan, ReaderError, depth_reprojection_error
-from recon.data.scene import load_scene, write_scene
+from recon.core.io import check_replaceable
+from recon.data.scene import is_scene_folder, load_scene, write_scene
 
 _MODULES = (replica_nice_slam, replica_semantic_nerf, scannet, scannetpp, seven_scenes)
 READERS: dict[str, Callable[..., ConvertPlan]] = {m.KIND: m.read for m in _MODULES}
@@ -100,11 +101,10 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder")
+    inputs = (src, *[Path(v) for k, v in opts.items() if k in ("class_names", "label_map", "mesh") and v])
+    check_replaceable(out, "scene", is_scene_folder, inputs)          # before reading anything
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    s_res, o_res = src.resolve(), out.resolve()
-    if o_res == s_res or o_res in s_res.parents:
-        raise ReaderError(f"--out {out} would replace the source folder {src}")
     given = _check_options(kind, opts)
     t0 = time.perf_counter()
     plan = READERS[kind](src, stride=stride, max_frames=max_frames, skip_bad_frames=skip_bad_frames, **given)
@@ -131,7 +131,7 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
         ids = list(plan.frame_ids)
         splits = {"train": [f for k, f in enumerate(ids) if (k + 1) % holdout_every != 0], "eval": ids}
     write_scene(out, K=plan.K, frames=frames(), classes=plan.classes, meta=meta, gt_mesh_writer=plan.gt_mesh_writer,
-                frame_ids=plan.frame_ids, overwrite=force, splits=splits)
+                frame_ids=plan.frame_ids, overwrite=force, splits=splits, inputs=inputs)
     seconds = time.perf_counter() - t0
     checks = reprojection_check(out, check_pairs) if check_pairs > 0 else []
     medians = [c["median_m"] for c in checks if np.isfinite(c["median_m"])]

@@ -21,6 +21,12 @@ from .render import (SceneMesh, build_scene_mesh, cast_frames, colour_images, la
 
 PRESETS: tuple[str, ...] = ("room", "apartment", "clutter")
 FRAMES_PER_ROOM = 60
+MAX_ROOMS = {"room": 1, "apartment": 3, "clutter": 1}   # the apartment has 2 or 3 rooms, by seed
+
+
+def default_frames(preset: str) -> int:
+    """The most frames a preset makes when no frame count is given (its largest layout)."""
+    return FRAMES_PER_ROOM * MAX_ROOMS[preset]
 GENERATOR_VERSION = "recon.data.synth/1"
 
 # per-frame acceptance thresholds

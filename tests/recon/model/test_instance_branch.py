@@ -162,6 +162,7 @@ def test_resume_accepts_runs_from_before_a_setting_was_added(tmp_path):
     from recon.core.runfolder import check_run_folder
     old = {"train": {"iters": 10, "seed": 0}, "mesh": {"voxel_size_m": 0.02}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "scene.txt").write_text("/some/scene\n")          # an older run: config.yaml + scene.txt, no marker
     defaults = {"train": {"iters": 5, "seed": 0, "monitor_every": 0}, "mesh": {"voxel_size_m": 0.02},
                 "panoptic": {"head": True}}
     newer = {"train": {"iters": 20, "seed": 0, "monitor_every": 0}, "mesh": {"voxel_size_m": 0.02},
