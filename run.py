@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, required=True, help="run folder")
     f.add_argument("--config", type=Path, default=CONFIGS / "quick.yaml", help="YAML settings file")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    f.add_argument("--force", action="store_true", help="replace a different run already in --out")
+    f.add_argument("--force", action="store_true",
+                   help="replace the run already in --out (only a run folder of this tool; never the scene)")
     f.add_argument("--skip-bad-frames", action="store_true", help="drop frames with bad poses (with a warning)")
     f.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. train.iters=2000")
 

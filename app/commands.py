@@ -20,6 +20,7 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The library's exceptions that describe a problem with the user's input or settings."""
     from app.bench.suites import BenchError
+    from eval.evaluate import EvalError
     from recon.core.config import ConfigError
     from recon.core.device import DeviceError
     from recon.data.grounded_sam import GsamUnavailable
@@ -27,9 +28,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from recon.data.scene import SceneError
     from recon.export.run_data import ExportError
     from recon.train.memory import FitMemoryError
-    return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError,
-            GsamUnavailable, FileExistsError, FileNotFoundError, PermissionError, NotADirectoryError,
-            IsADirectoryError)
+    return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError, EvalError,
+            GsamUnavailable, OSError)          # OSError: missing / unwritable paths, a full disk (the path is named)
 
 
 def _guard(fn):

@@ -34,6 +34,7 @@ from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points
                           visible_face_mask)
 from eval.mesh_utils import raycast_depth
 from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
+from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text
 from recon.core.runfolder import writes_run
 from recon.data.ply import read_ply
@@ -42,6 +43,10 @@ from recon.data.scene import Scene, load_scene
 
 # (run folder, world points [N, 3]) -> (class id [N], instance id [N]), or None when the run cannot be queried
 PointLabeller = Callable[[Path, np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
+
+class EvalError(ValueError):
+    """A run folder cannot be evaluated as it is (the message names the file and why)."""
+
 
 N_POINTS = 200_000
 THRESHOLD_M = 0.05
@@ -55,7 +60,10 @@ def _run_scene(run: Path, scene_dir: Path | None) -> Path:
     p = run / "scene.txt"
     if not p.is_file():
         raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({p} missing); pass --scene")
-    return Path(p.read_text().strip())
+    scene = Path(p.read_text().strip())
+    if not scene.is_dir():
+        raise FileNotFoundError(f"{p} names the scene {scene}, which is not there (moved?); pass --scene")
+    return scene
 
 
 def observed_gt(scene: Scene, seed: int = 0) -> dict:
@@ -99,7 +107,7 @@ def tsdf_baseline(scene: Scene, voxel_size_m: float, split: str) -> dict:
     idx = scene.split_indices(split)
     depths = [scene.load_depth_m(i) for i in idx]
     colors = [scene.load_color(i) for i in idx]
-    return tsdf_fusion(depths, colors, scene.K, [scene.c2w[i] for i in idx], voxel_size_m)
+    return tsdf_fusion(depths, colors, scene.K, [scene.c2w[i] for i in idx], voxel_size_m, progress=True)
 
 
 def _pq_block(pq: dict, names: dict[int, str]) -> dict:
@@ -241,6 +249,9 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
                                     f"did not finish its post-fit steps: 'python run.py fit --scene SCENE --out "
                                     f"{run} --resume' (with the run's settings) makes them")
     pv, pf, _, pprops = read_ply(mesh_path)
+    if len(pf) == 0:
+        raise EvalError(f"{mesh_path} has no faces: the fit made an empty mesh (see {run / 'log.txt'}; a depth "
+                         f"unit or pose mistake in the scene is the usual cause), so there is nothing to evaluate")
     pred = {"vertices": pv, "faces": pf, "props": pprops}
     metrics: dict = {}
     b = None
@@ -290,6 +301,7 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         metrics["timing"] = {"fit_seconds": t["fit_seconds"], "iterations": t["iterations"],
                              "peak_rss_mb": t["peak_rss_mb"]}
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    fault_point("eval")
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     log(f"wrote {run / 'metrics.json'}")
     return metrics

@@ -117,6 +117,7 @@ def publish(results: dict, bench_dir: Path, repo: Path = ROOT, log=print) -> Non
     write_report(results, bench_dir, docs, md_path=repo / md_rel, image_prefix=f"{docs_rel}/",
                  regenerate=f"python run.py bench --suite {results['suite']} --out {bench_dir_text(bench_dir, repo)} "
                             "--publish")
+    log(f"wrote {repo / md_rel} and {docs}/")
 
 
 def bench_dir_text(bench_dir: Path, repo: Path) -> str:
@@ -126,4 +127,3 @@ def bench_dir_text(bench_dir: Path, repo: Path) -> str:
         return str(Path(bench_dir).resolve().relative_to(Path(repo).resolve()))
     except ValueError:
         return "DIR"
-    log(f"wrote {repo / md_rel} and {docs}/")

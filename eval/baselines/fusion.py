@@ -53,7 +53,8 @@ import yaml
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from recon.core.io import atomic_write_text, staged_dir
+from recon.core.io import atomic_write_text, check_replaceable, staged_dir, write_marker
+from recon.core.runfolder import may_hold_run
 from recon.data.run_files import write_label_images
 from recon.data.scene import Scene, SceneError, load_scene
 from recon.data.ply import write_ply
@@ -419,12 +420,14 @@ def run_fusion_baseline(scene_dir: str | Path, out_run: str | Path, voxel_size_m
     s = FusionSettings(voxel_size_m=voxel_size_m, **settings)
     assert s.voxel_size_m > 0 and s.visibility_tol_m > 0 and 0 <= s.overlap_threshold < 1
     out_run = Path(out_run)
+    check_replaceable(out_run, "run", may_hold_run, inputs=(Path(scene_dir),))
     if out_run.exists() and not force:
         raise FileExistsError(f"{out_run} already exists; pass force=True to replace it")
     scene = load_scene(scene_dir)
     idx = _check_scene(scene, s.split)
     names = {c.id: c.name for c in scene.classes}
     with staged_dir(out_run) as tmp:
+        write_marker(tmp, "run")
         t0 = time.perf_counter()
         geo = tsdf_fusion([scene.load_depth_m(i) for i in idx], [scene.load_color(i) for i in idx], scene.K,
                           [scene.c2w[i] for i in idx], s.voxel_size_m, trunc_m=s.trunc_m, depth_max_m=s.depth_max_m)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 
 def _o3d():
@@ -144,7 +145,8 @@ def _trunc_multiplier(voxel_size_m: float, trunc_m: float | None) -> float:
 
 def tsdf_fusion(depths_m: list[np.ndarray], colors: list[np.ndarray] | None, K: np.ndarray, c2ws: list[np.ndarray],
                 voxel_size_m: float, trunc_m: float | None = None, depth_max_m: float = 10.0,
-                block_resolution: int = 8, block_count: int | None = None, min_weight: float = 1.0) -> dict:
+                block_resolution: int = 8, block_count: int | None = None, min_weight: float = 1.0,
+                progress: bool = False) -> dict:
     """Fuse depth (and optionally colour) frames into a TSDF and extract a triangle mesh.
 
     depths_m    list of [H, W] float z-depth in metres (0 / negative / non-finite = invalid)
@@ -175,7 +177,9 @@ def tsdf_fusion(depths_m: list[np.ndarray], colors: list[np.ndarray] | None, K: 
     grid = _make_grid(voxel_size_m, block_resolution, block_count, with_color)
     K_t = o3c.Tensor(_open3d_intrinsics(K), o3c.float64)
 
-    for i, (depth_m, c2w) in enumerate(zip(depths_m, c2ws)):
+    frames = enumerate(zip(depths_m, c2ws))
+    for i, (depth_m, c2w) in tqdm(frames, total=len(depths_m), desc="tsdf", disable=not progress, dynamic_ncols=True,
+                                  mininterval=1.0):
         depth_img = _depth_image(depth_m)
         w2c = o3c.Tensor(np.linalg.inv(c2w), o3c.float64)  # extrinsic = world-to-camera
         coords = _touched_blocks(grid, depth_m, depth_img, K_t, w2c, depth_max_m, trunc_mult)

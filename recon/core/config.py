@@ -194,6 +194,14 @@ def _set_path(data: dict, path: list[str], value: Any, cls: type) -> None:
         if i == len(path) - 1:
             node[part] = value
             return
+        if typing.get_origin(tp) is dict:                   # a free mapping (e.g. synth masks.p_miss=0.2)
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{'.'.join(path[:i + 1])}' must be a mapping")
+            for key in path[i + 1:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+            return
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"'{'.'.join(path[:i + 1])}' is a value, not a section")
         node = node.setdefault(part, {})

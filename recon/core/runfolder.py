@@ -115,20 +115,36 @@ def check_run_folder(run: Path, resolved: dict, resume: bool, force: bool, defau
 class RunLog:
     """Append-only text log, metrics CSV and (if installed) TensorBoard events in the run folder."""
 
-    def __init__(self, run: Path, append: bool):
+    def __init__(self, run: Path, append: bool, resume_at: int | None = None):
+        """append: continue the files of an earlier process. resume_at: the iteration training resumes
+        from; rows logged after it (by a process killed before its next checkpoint) are dropped from
+        metrics.csv and TensorBoard, so each iteration is logged once."""
         self.run = run
         self.text = open(run / "log.txt", "a" if append else "w", buffering=1)
         self.csv_path = run / "metrics.csv"
         self._csv_fields: list[str] | None = None
         if append and self.csv_path.is_file():
-            with open(self.csv_path) as fh:
-                self._csv_fields = next(csv.reader(fh), None)
+            with open(self.csv_path, newline="") as fh:
+                rows = list(csv.reader(fh))
+            self._csv_fields = rows[0] if rows else None
+            if resume_at is not None and rows:
+                kept = [r for r in rows[1:] if r and float(r[0]) <= resume_at]
+                if len(kept) < len(rows) - 1:
+                    self._rewrite_csv(rows[0], kept)
         self._csv = open(self.csv_path, "a" if append else "w", newline="", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run / "tb"))
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=None if resume_at is None else resume_at + 1)
         except Exception:  # tensorboard missing: CSV only
             self.tb = None
+
+    def _rewrite_csv(self, header: list[str], rows: list[list[str]]) -> None:
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+        tmp.replace(self.csv_path)
 
     def info(self, msg: str, echo: bool = True) -> None:
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
@@ -155,13 +171,7 @@ class RunLog:
         with open(self.csv_path, newline="") as fh:
             rows = list(csv.reader(fh))[1:]
         self._csv_fields = list(self._csv_fields) + new_fields
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(self._csv_fields)
-            for r in rows:
-                w.writerow(r + [""] * (len(self._csv_fields) - len(r)))
-        tmp.replace(self.csv_path)
+        self._rewrite_csv(self._csv_fields, [r + [""] * (len(self._csv_fields) - len(r)) for r in rows])
         self._csv = open(self.csv_path, "a", newline="", buffering=1)
 
     def close(self) -> None:

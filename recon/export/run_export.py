@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text, staged_dir
 from recon.core.runfolder import writes_run
 from recon.export.collision import MIN_FACES
@@ -95,6 +96,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, collisi
                       "export_axes": "z up, metres, floor at z = 0"},
             **body,
         }
+        fault_point("export")
         atomic_write_text(tmp / "export.json", json.dumps(manifest, indent=1) + "\n")
         _make_readable(tmp)
     log(f"export: wrote {out} ({fmt}, {len(parts)} parts) in {time.perf_counter() - t0:.1f} s")

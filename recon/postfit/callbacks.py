@@ -18,7 +18,8 @@ class LabelledMesh(Callback):
 
     def on_fit_end(self, ctx: FitContext) -> None:
         t0 = time.perf_counter()
-        path = label_run_mesh(ctx.run, ctx.model, ctx.scene, ctx.bank, ctx.settings, ctx.log, branch=ctx.branch)
+        path = label_run_mesh(ctx.run, ctx.model, ctx.scene, ctx.bank, ctx.settings, ctx.log, branch=ctx.branch,
+                              progress=ctx.progress)
         ctx.timing["mesh_seconds"] = round(time.perf_counter() - t0, 2)
         ctx.log.info(f"wrote {path} (meshing {ctx.timing['mesh_seconds']:.1f} s)")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from recon.core.faults import fault_point
 from recon.data.run_files import write_label_images
 from recon.model.inference import frame_labels
 from recon.model.instance_branch import InstanceBranch
@@ -30,5 +31,6 @@ def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, 
     for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):
         sem, tok = frame_labels(model, branch, scene, s, i)
         write_label_images(run, [scene.frame_ids[i]], [sem], [apply_ids(tok, token_ids)])
+        fault_point("labels")
     log(f"wrote label images of {len(idx)} frames to {run / 'labels'}")
     return run / "labels"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text
 from recon.data.palette import class_palette, instance_palette
 from recon.data.ply import write_ply
@@ -109,7 +110,7 @@ def write_label_meshes(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.
     write_ply(run / "mesh_panoptic.ply", verts, faces, vertex_props=props, colors=pan_rgb)
 
 
-def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None) -> Path:
+def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None, progress: bool = False) -> Path:
     """Write RUN/mesh.ply (RGB colours, `semantic` and `instance` vertex properties), mesh_semantic.ply,
     mesh_panoptic.ply, legend.json and, with an instance branch, instances/ and instances.json."""
     model.eval()
@@ -124,7 +125,7 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
         return observed_mask(pts, bank.K, c2w, depth_z, s.mesh.cull_margin_m, s.mesh.cull_front_margin_m)
 
     verts, faces = extract_mesh(sdf_fn, box_min, box_max, s.mesh.voxel_size_m, chunk_voxels=s.mesh.chunk_voxels,
-                                keep_fn=keep_fn)
+                                keep_fn=keep_fn, progress=progress)
     attrs = vertex_attributes(model, verts.astype(np.float32), s.mesh.label_offset_m, branch=branch,
                               head=s.panoptic.head)
     rgb = np.round(attrs["rgb"] * 255).astype(np.uint8) if len(verts) else np.zeros((0, 3), np.uint8)
@@ -141,6 +142,7 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
     path = run / "mesh.ply"
     pal = class_palette(scene.n_classes)
     write_label_meshes(run, verts, faces, rgb, sem, inst, pal)
+    fault_point("meshing")
     legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
         {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]
     atomic_write_text(run / "legend.json", json.dumps(legend, indent=1) + "\n")

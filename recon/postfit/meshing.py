@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import mcubes
 import numpy as np
+from tqdm import tqdm
 
 _ON_SAMPLE_TOL = 1e-9  # index-space distance under which a vertex is taken to sit on a sample
 
@@ -90,13 +91,14 @@ def extract_mesh(
     keep_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     keep_mode: str = "all",
     keep_batch: int = 1 << 18,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes of ``sdf_fn`` over the box. Returns (vertices [V, 3] float64 world, faces [F, 3] int64).
 
     sdf_fn: world points [M, 3] float64 (M <= (chunk_voxels + 1)^3) -> sdf [M] (any float dtype).
     keep_fn: optional world points [K, 3] -> bool [K]; a face is kept if all (``keep_mode="all"``) or any
     (``"any"``) of its vertices pass; unreferenced vertices are then dropped (called in batches of
-    ``keep_batch`` points).
+    ``keep_batch`` points). progress: a bar over the chunks (with ETA).
     """
     assert keep_mode in ("all", "any")
     assert chunk_voxels >= 1
@@ -105,27 +107,27 @@ def extract_mesh(
     dims1 = n_cells + 1
     all_keys, all_pos, all_faces = [], [], []
     n_verts_so_far = 0
-    for i0 in range(0, int(n_cells[0]), chunk_voxels):
-        for j0 in range(0, int(n_cells[1]), chunk_voxels):
-            for k0 in range(0, int(n_cells[2]), chunk_voxels):
-                origin = np.array([i0, j0, k0], np.int64)
-                hi = np.minimum(origin + chunk_voxels, n_cells)  # last sample index, inclusive
-                axes = [np.arange(origin[d], hi[d] + 1, dtype=np.float64) for d in range(3)]
-                gi, gj, gk = np.meshgrid(*axes, indexing="ij")  # [a, b, c] global sample indices
-                pts = bbox_min[None, :] + np.stack([gi, gj, gk], -1).reshape(-1, 3) * voxel_size_m
-                vol = np.asarray(sdf_fn(pts), dtype=np.float64).reshape(gi.shape)
-                del gi, gj, gk, pts
-                vol = np.where(np.isfinite(vol), vol, 1e10)
-                if not (vol.min() <= level <= vol.max()):
-                    continue
-                verts, faces = mcubes.marching_cubes(vol, level)
-                if len(faces) == 0:
-                    continue
-                keys, pos = _edge_keys_positions(verts, vol, origin, dims1, level)
-                all_keys.append(keys)
-                all_pos.append(pos)
-                all_faces.append(faces.astype(np.int64) + n_verts_so_far)
-                n_verts_so_far += len(verts)
+    starts = [(i0, j0, k0) for i0 in range(0, int(n_cells[0]), chunk_voxels)
+              for j0 in range(0, int(n_cells[1]), chunk_voxels) for k0 in range(0, int(n_cells[2]), chunk_voxels)]
+    for i0, j0, k0 in tqdm(starts, desc="mesh", disable=not progress, dynamic_ncols=True, mininterval=1.0):
+        origin = np.array([i0, j0, k0], np.int64)
+        hi = np.minimum(origin + chunk_voxels, n_cells)  # last sample index, inclusive
+        axes = [np.arange(origin[d], hi[d] + 1, dtype=np.float64) for d in range(3)]
+        gi, gj, gk = np.meshgrid(*axes, indexing="ij")  # [a, b, c] global sample indices
+        pts = bbox_min[None, :] + np.stack([gi, gj, gk], -1).reshape(-1, 3) * voxel_size_m
+        vol = np.asarray(sdf_fn(pts), dtype=np.float64).reshape(gi.shape)
+        del gi, gj, gk, pts
+        vol = np.where(np.isfinite(vol), vol, 1e10)
+        if not (vol.min() <= level <= vol.max()):
+            continue
+        verts, faces = mcubes.marching_cubes(vol, level)
+        if len(faces) == 0:
+            continue
+        keys, pos = _edge_keys_positions(verts, vol, origin, dims1, level)
+        all_keys.append(keys)
+        all_pos.append(pos)
+        all_faces.append(faces.astype(np.int64) + n_verts_so_far)
+        n_verts_so_far += len(verts)
     if not all_keys:
         return np.zeros((0, 3), np.float64), np.zeros((0, 3), np.int64)
     keys = np.concatenate(all_keys)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recon.core.config import load_config, save_config
+from recon.core.config import ConfigError, load_config, save_config
 from recon.core.io import atomic_write_bytes
 from recon.core.runfolder import writes_run
 from recon.core.settings import FitSettings
@@ -88,6 +88,8 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     lr = read_labelled_run(run, "mesh culling")
     s = lr["settings"]
     front = s.mesh.cull_front_margin_m if front_margin_m is None else float(front_margin_m)
+    if front is not None and not (front >= 0):
+        raise ConfigError(f"the front margin must be >=0 metres, got {front}")
     scene_txt = run / "scene.txt"
     if not scene_txt.is_file():
         raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({scene_txt} missing)")
@@ -123,6 +125,9 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     p = s.panoptic
     p.fragment_max_fraction = p.fragment_max_fraction if max_fraction is None else float(max_fraction)
     p.fragment_min_shared_edges = p.fragment_min_shared_edges if min_shared_edges is None else int(min_shared_edges)
+    if not 0 <= p.fragment_max_fraction <= 1 or p.fragment_min_shared_edges < 1:
+        raise ConfigError(f"--max-fraction must be in [0, 1] and --min-edges >=1, got {p.fragment_max_fraction} and "
+                          f"{p.fragment_min_shared_edges}")
     inst, token_ids = lr["instance"], lr["token_ids"]
     merges, lut = merge_fragment_ids(lr["faces"], inst, lr["semantic"], token_ids, p, log)
     if lut is not None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from recon.core.config import save_config, to_dict
 from recon.core.device import describe, resolve_device, synchronize
+from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text, check_replaceable, remove_stale_temporaries, write_marker
 from recon.core.runfolder import (RunLock, RunLog, check_run_folder, clear_run_folder, may_hold_run,
                                  peak_rss_mb)
@@ -28,7 +29,7 @@ from recon.model.inference import far_plane
 from recon.model.instance_branch import InstanceBranch, init_tokens_from_bank
 from recon.model.sampling import build_frame_bank
 from recon.train.callbacks import Callback, FitContext
-from recon.train.checkpoint import load_checkpoint, save_checkpoint
+from recon.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from recon.train.memory import check_memory, check_mesh_budget
 from recon.train.optim import TOKEN_LR_KEYS, lr_factor, make_optimizer
 from recon.train.runs import (build_model_for_scene, instance_branch_wanted, make_instance_state, restore_branch,
@@ -77,25 +78,34 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
             dev = resolve_device(s.train.device)
             check_memory(scene, len(train_idx), s, scene.n_classes, dev)
             check_mesh_budget(scene, s)
+            notes: list[str] = []
+            if mode == "resume" and not has_checkpoint(run):    # killed before its first checkpoint: nothing to
+                mode = "replace"                                 # continue from, so the same run starts over
+                notes.append(f"{run} has no checkpoint yet (stopped before iteration {s.train.checkpoint_every}): "
+                             "starting it from iteration 0")
+            ckpt = load_checkpoint(run, log=notes.append)[0] if mode == "resume" else None
         except BaseException:
             if created:                                   # refused before any work: leave no empty folder behind
                 lock.release()
                 shutil.rmtree(run, ignore_errors=True)
             raise
-        return _fit_locked(scene, scene_dir, run, s, mode, train_idx, dev, lock, progress, stop_at, callbacks)
+        return _fit_locked(scene, scene_dir, run, s, mode, ckpt, notes, train_idx, dev, lock, progress, stop_at,
+                           callbacks)
     finally:
         lock.release()
 
 
-def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, train_idx: list[int], dev,
-                lock: RunLock, progress: bool, stop_at: int | None, callbacks) -> FitResult:
+def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ckpt: dict | None, notes: list[str],
+                train_idx: list[int], dev, lock: RunLock, progress: bool, stop_at: int | None, callbacks) -> FitResult:
     if mode == "replace":
         clear_run_folder(run)
     write_marker(run, "run")
     remove_stale_temporaries(run, recursive=True, log=lambda m: None)
     save_config(s, run / "config.yaml")
     atomic_write_text(run / "scene.txt", str(scene_dir.resolve()) + "\n")
-    log = RunLog(run, append=(mode == "resume"))
+    log = RunLog(run, append=(mode == "resume"), resume_at=None if ckpt is None else int(ckpt["iter"]))
+    for note in notes:
+        log.info(note)
     if lock.stale:
         log.info(f"the previous writer of {run} ended without releasing it ({lock.stale})")
     if s.train.threads > 0:
@@ -106,11 +116,7 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, tr
     torch.manual_seed(s.train.seed)
     gen = torch.Generator().manual_seed(s.train.seed)
     start_it, fit_seconds = 0, 0.0
-    box = None
-    ckpt = None
-    if mode == "resume":
-        ckpt, _ = load_checkpoint(run, log=log.info)
-        box = ckpt["box"]
+    box = None if ckpt is None else ckpt["box"]
     with_inst = instance_branch_wanted(scene, s)
     if s.tokens.enabled and scene.has_masks and not with_inst:
         log.info(f"{scene.root} has no thing classes: instance branch off")
@@ -183,6 +189,7 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, tr
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
                 save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
                                 keep=s.train.keep_checkpoints)
+                fault_point("training")
     except KeyboardInterrupt:
         bar.close()
         save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,

@@ -5,7 +5,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from recon.core.config import ConfigError, load_config
 from recon.core.device import resolve_device

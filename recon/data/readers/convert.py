@@ -101,6 +101,12 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder")
+    if stride < 1:
+        raise ReaderError(f"--stride must be at least 1, got {stride}")
+    if max_frames is not None and max_frames < 1:
+        raise ReaderError(f"--max-frames must be at least 1, got {max_frames}")
+    if holdout_every == 1 or holdout_every < 0:
+        raise ReaderError("--holdout-every must be 0 (train on all frames) or at least 2")
     inputs = (src, *[Path(v) for k, v in opts.items() if k in ("class_names", "label_map", "mesh") and v])
     check_replaceable(out, "scene", is_scene_folder, inputs)          # before reading anything
     if out.exists() and not force:
@@ -124,8 +130,6 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     meta = {"name": name, "source": kind, "source_path": str(src.resolve()),
             "source_frames": dict(zip(plan.frame_ids, plan.source_names)), "skipped_frames": list(plan.skipped),
             "stride": int(stride), "max_frames": max_frames, "reader": plan.meta}
-    if holdout_every == 1 or holdout_every < 0:
-        raise ReaderError("--holdout-every must be 0 (train on all frames) or at least 2")
     splits = None
     if holdout_every >= 2:
         ids = list(plan.frame_ids)

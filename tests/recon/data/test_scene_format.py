@@ -153,3 +153,56 @@ def test_replace_masks_keeps_old_on_invalid(scene_dir: Path):
     inst, _, scores = load_scene(scene_dir).load_masks(2)
     assert inst.max() == 0 and scores == {}
     assert not [p for p in os.listdir(scene_dir) if p.startswith(".masks")]
+
+
+def _many_frames(tmp_path: Path, n: int = 12) -> Path:
+    return write_scene(tmp_path / "many", K=K, frames=[_frame(k) for k in range(n)], classes=CLASSES)
+
+
+def test_one_message_per_root_cause(tmp_path):
+    """A missing masks/scores/ is one problem, not one per frame; a broken classes.json does not make every
+    label image of every frame a problem too; a problem repeated over frames is shown once with a count."""
+    root = _many_frames(tmp_path)
+    import shutil
+    shutil.rmtree(root / "masks" / "scores")
+    err = _expect(root, "masks/scores: missing folder")
+    assert len(err.problems) == 1
+    root = _many_frames(tmp_path / "b")
+    (root / "classes.json").write_text("[{")
+    err = _expect(root, "classes.json: not valid JSON")
+    assert len(err.problems) == 1
+    root = _many_frames(tmp_path / "c")
+    for p in (root / "masks" / "scores").glob("*.json"):
+        p.write_text(json.dumps({"7": {"class": 2, "score": 7.0}}))
+    err = _expect(root, "scores are confidences in [0, 1]")
+    assert len(err.problems) == 12                                          # every frame is listed ...
+    assert str(err).count("scores are confidences") == 1                   # ... and shown once
+    assert "... and 11 more frame(s) with the same problem" in str(err)
+
+
+def test_skip_bad_frames_drops_an_all_zero_depth_frame(tmp_path):
+    root = _many_frames(tmp_path, 4)
+    Image.fromarray(np.zeros((H, W), np.uint16)).save(root / "depth" / "000002.png")
+    _expect(root, "depth/000002.png: depth is all zero")
+    with pytest.warns(UserWarning, match="skipping frame 000002: .*depth is all zero"):
+        scene = load_scene(root, skip_bad_frames=True)
+    assert scene.frame_ids == ["000000", "000001", "000003"] and scene.skipped == ["000002"]
+
+
+def test_depth_unit_is_checked_and_can_be_declared(tmp_path):
+    """1.5 m stored as 1 (metres as integers) is refused naming the fix; 1.5 m stored in 0.2 mm units (7500)
+    with scene.json depth_unit_m = 0.0002 loads as 1.5 m."""
+    root = _many_frames(tmp_path, 3)
+    for p in (root / "depth").glob("*.png"):
+        Image.fromarray(np.full((H, W), 2, np.uint16)).save(p)                 # "2" = 2 m written as integers
+    err = _expect(root, "median valid depth over 3 frame(s) is 0.002 m", "too close for an indoor scene",
+                  "depth_unit_m")
+    assert len(err.problems) == 1
+    for p in (root / "depth").glob("*.png"):
+        Image.fromarray(np.full((H, W), 7500, np.uint16)).save(p)
+    assert load_scene(root).load_depth_m(0)[0, 0] == pytest.approx(7.5)         # as millimetres: 7.5 m, plausible
+    (root / "scene.json").write_text(json.dumps({"depth_unit_m": 0.0002}))
+    scene = load_scene(root)
+    np.testing.assert_allclose(scene.load_depth_m(0), 1.5, rtol=1e-6)
+    (root / "scene.json").write_text(json.dumps({"depth_unit_m": 1e-6}))    # 7500 units = 7.5 mm: too close
+    _expect(root, "0.0075 m", "depth_unit_m")

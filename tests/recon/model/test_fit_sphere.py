@@ -8,7 +8,6 @@ Losses: sdf_loss (Eq. 24) + eikonal + depth rendered with the S-density weights 
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from fields.hashgrid import HashGridConfig

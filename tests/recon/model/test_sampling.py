@@ -64,3 +64,33 @@ def test_stuff_regions_as_segments():
     w = mask_balanced_weights(inst, sem, thing_lut([2], 4), with_stuff=True)
     torch.testing.assert_close(w, torch.tensor([0, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0]))
     assert float(mask_balanced_weights(inst, sem, thing_lut([2], 4))[3:].sum()) == 0.0
+
+
+def test_mask_ids_use_the_whole_uint16_range(tmp_path):
+    """Mask ids 32768-65535 are valid in the format: the frame bank keeps them (once int16, they became
+    negative and their masks were ignored), rays carry them, and tokens are seeded from them."""
+    from recon.core.settings import TokenSettings
+    from recon.data.scene import FrameRecord, load_scene, write_scene
+    from recon.model.instance_branch import init_tokens_from_bank
+    from recon.model.sampling import build_frame_bank
+    W, H = 16, 12
+    K = np.array([[20.0, 0, 7.5], [0, 20.0, 5.5], [0, 0, 1]])
+    frames = []
+    for n in range(2):
+        inst = np.zeros((H, W), np.uint16)
+        sem = np.ones((H, W), np.uint16)
+        inst[1:5, 1:6], inst[6:11, 8:15] = 65534, 40000            # every mask id above 32767
+        sem[inst > 0] = 2
+        c2w = np.eye(4)
+        c2w[:3, 3] = [0.05 * n, 0, 0]
+        frames.append(FrameRecord(color=np.zeros((H, W, 3), np.uint8), c2w=c2w, depth_m=np.full((H, W), 1.5),
+                                  mask_instance=inst, mask_semantic=sem,
+                                  mask_scores={65534: {"class": 2, "score": 0.9}, 40000: {"class": 2, "score": 0.8}}))
+    classes = [{"id": 1, "name": "wall", "thing": False}, {"id": 2, "name": "chair", "thing": True}]
+    scene = load_scene(write_scene(tmp_path / "s", K=K, frames=frames, classes=classes))
+    bank = build_frame_bank(scene, [0, 1], with_masks=True)
+    assert sorted(torch.unique(bank.instance).tolist()) == [0, 40000, 65534]
+    rays = sample_rays(bank, 256, 2, torch.Generator().manual_seed(0), mask_fraction=0.5)
+    assert {40000, 65534} <= set(rays.instance.tolist())
+    tokens = init_tokens_from_bank(bank, [2], TokenSettings(n_init=2), torch.Generator().manual_seed(0))
+    assert tokens.n == 2

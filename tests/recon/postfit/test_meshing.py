@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from recon.data.ply import read_ply, write_ply
 from recon.postfit.meshing import extract_mesh, grid_shape
