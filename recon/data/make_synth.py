@@ -70,6 +70,9 @@ def make_synth_scene(settings: SynthSettings, out: Path, overwrite: bool = False
     check_replaceable(Path(out), "scene", is_scene_folder)              # before any work
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    w, h = settings.size
+    log(f"making a {settings.preset} of up to {synth_frames(settings)} frames at {w}x{h} into {out} (about "
+        f"{synth_bytes(settings) / (1 << 30):.1f} GiB of memory at most)")
     t0 = time.perf_counter()
     scene = generate_scene(settings.preset, seed=settings.seed, size=tuple(settings.size), n_frames=settings.frames)
     t_gen = time.perf_counter() - t0
