@@ -58,14 +58,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder, fsync and os.replace: a reader sees the
-    old content or the new one, never a part, even after a crash."""
+    """Write `data` to `path` atomically (atomic_file)."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path):
+    """A binary file object whose content replaces `path` only when the block ends normally: it is a temporary
+    file in the same folder (named after this process, so leftovers of a killed one can be told apart),
+    fsynced and renamed onto `path`. A reader sees the old content or the new one, never a part, even after
+    a crash; on an exception the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

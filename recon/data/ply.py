@@ -6,9 +6,11 @@ atomic (temporary file in the same folder, then rename).
 from __future__ import annotations
 
 import os
-import tempfile
+from pathlib import Path
 
 import numpy as np
+
+from recon.core.io import atomic_file
 
 _PLY_OK = {np.dtype(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8")}
 
@@ -78,19 +80,8 @@ def write_ply(
         text=False,
         byte_order="<",
     )
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ply.write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(Path(path)) as fh:
+        ply.write(fh)
 
 
 def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:

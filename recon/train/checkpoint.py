@@ -6,13 +6,12 @@ the newest down, saying which it used and why.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from recon.core.io import atomic_file
 from recon.model.scene_model import SceneModel
 
 REQUIRED_KEYS = ("iter", "model", "box", "optimizer", "rng", "fit_seconds")
@@ -24,21 +23,6 @@ class CheckpointError(FileNotFoundError):
 
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch_gen": gen.get_state(), "torch_global": torch.get_rng_state()}
-
-
-def _write_atomic(path: Path, write) -> None:
-    """write(file object) into a temporary file beside `path`, fsync, rename onto `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Generator, fit_seconds: float,
@@ -57,9 +41,10 @@ def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Gener
                              "class_head": inst.branch.class_head.state_dict(),
                              "thing_ids": inst.branch.thing_ids, "optimizer": inst.opt.state_dict(),
                              "strategy": inst.strategy.state_dict()}
-    _write_atomic(path, lambda fh: torch.save(state, fh))
-    with open(path, "rb") as src:
-        _write_atomic(ckpt_dir / "last.pt", lambda fh: shutil.copyfileobj(src, fh))
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
+    with open(path, "rb") as src, atomic_file(ckpt_dir / "last.pt") as fh:
+        shutil.copyfileobj(src, fh)
     if keep > 0:
         for old in sorted(ckpt_dir.glob("ckpt_*.pt"))[:-keep]:   # zero-padded names sort by iteration
             old.unlink()

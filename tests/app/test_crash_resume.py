@@ -25,13 +25,28 @@ SETTINGS = TINY_FIELDS + ["train.iters=8", "train.checkpoint_every=4", "train.ge
                           "mesh.voxel_size_m=0.12"]
 
 
-def cli(*args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def _env(kill_at: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("RECON_KILL_AT", None)
     if kill_at:
         env["RECON_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return env
+
+
+def cli(*args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=_env(kill_at),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_training(args: list[str], run: Path) -> subprocess.Popen:
+    """`run.py ARGS` in the background, returned once it has written its first checkpoint."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pt").is_file():
+        assert time.time() < deadline and proc.poll() is None, "the fit did not start training"
+        time.sleep(0.2)
+    return proc
 
 
 def fit_args(scene: Path, run: Path, *extra: str) -> list[str]:
@@ -97,16 +112,9 @@ def test_kill_at_each_phase_then_resume_gives_the_same_outputs(phase, scene_and_
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(scene_and_reference, tmp_path):
     scene, _ = scene_and_reference
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("RECON_KILL_AT", None)
     slow = fit_args(scene, run) + ["train.iters=100000", "train.checkpoint_every=5"]
-    first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *slow], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start_training(slow, run)
     try:
-        deadline = time.time() + 120
-        while not (run / "checkpoints" / "last.pt").is_file():
-            assert time.time() < deadline and first.poll() is None, "the first fit did not start training"
-            time.sleep(0.2)
         second = cli(*slow, "--resume")
         assert second.returncode == 2
         assert f"is being written by another process (pid {first.pid}" in second.stderr
@@ -115,7 +123,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(scene_and
         assert ev.returncode == 2 and "is being written by another process" in ev.stderr
     finally:
         first.kill()
-        first.wait()
+        first.communicate()
     r = cli(*fit_args(scene, run, "--resume"))             # the same run, now with 8 iterations: it finishes
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"the previous writer of {run} ended without releasing it (pid {first.pid}" in (run / "log.txt").read_text()
@@ -144,15 +152,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(scene_and_referen
     import signal
     scene, _ = scene_and_reference
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("RECON_KILL_AT", None)
-    args = fit_args(scene, run) + ["train.iters=100000", "train.checkpoint_every=5"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last.pt").is_file():
-        assert time.time() < deadline and proc.poll() is None, "the fit did not start training"
-        time.sleep(0.2)
+    proc = start_training(fit_args(scene, run) + ["train.iters=100000", "train.checkpoint_every=5"], run)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
