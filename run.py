@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-CONFIGS = ROOT / "configs"
+from app import CONFIGS
 DATASET_KINDS = ("replica-nice-slam", "replica-semantic-nerf", "scannet", "scannetpp", "7scenes")  # readers.READERS
 
 

@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from app import CONFIGS
+
 
 
 class UserError(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app import CONFIGS
 from recon.core.config import load_config
 from recon.core.settings import FitSettings, SynthSettings
 from recon.data.make_synth import make_synth_scene
@@ -17,7 +18,6 @@ from recon.train.callbacks import Callback
 from recon.train.loop import FitResult, fit
 from eval.evaluate import evaluate_run
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def fit_scene(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, force: bool = False,

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from app import CONFIGS
 from app.bench.records import git_info, json_clean, machine_info, read_monitor_curve
 from app.bench.reuse import config_hash, fit_reuse, hashed_spec, post_steps
-from app.bench.suites import (BENCH_VERSION, CONFIGS, Cell, MethodSpec, SceneSpec, Suite, evenly_spaced,
-                              monitor_every, scale_iters, scaled_schedule)
+from app.bench.suites import (BENCH_VERSION, Cell, MethodSpec, SceneSpec, Suite, evenly_spaced, monitor_every,
+                              scale_iters, scaled_schedule)
 from app.pipeline import evaluate, fit_scene
 from eval.baselines.fusion import run_fusion_baseline
 from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bench.suites import ROOT
+from app import ROOT
 
 
 MONITOR_KEYS = ("pq50", "pq30", "miou", "mcov")

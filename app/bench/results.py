@@ -10,9 +10,10 @@ from pathlib import Path
 
 import jsonschema
 
+from app import ROOT
 from app.bench.records import git_info, json_clean, machine_info, summary_of
 from app.bench.report import write_report
-from app.bench.suites import BENCH_VERSION, ROOT, Suite, suite_cells
+from app.bench.suites import BENCH_VERSION, Suite, suite_cells
 from recon.core.io import atomic_write_text
 
 

@@ -16,12 +16,13 @@ import time
 import traceback
 from pathlib import Path
 
+from app import ROOT
 from app.bench.cells import cell_is_done, drop_checkpoints, ensure_scene, prepare_cell, run_cell
 from app.bench.records import git_info, json_clean, machine_info, summary_of
 from app.bench.references import ensure_references
 from app.bench.report import write_report
 from app.bench.results import collect_results, write_results
-from app.bench.suites import ROOT, BenchError, Suite, suite_cells
+from app.bench.suites import BenchError, Suite, suite_cells
 from recon.core.io import atomic_write_text
 
 

@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from app import ROOT
 from recon.core.io import atomic_write_text
 from recon.core.settings import SynthSettings
 from recon.data.make_synth import make_synth_scene
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [
     "model.sdf_grid.n_levels=8", "model.sdf_grid.log2_hashmap_size=14", "model.sdf_grid.finest_cell_m=0.05",
     "model.semantic_grid.n_levels=6", "model.semantic_grid.log2_hashmap_size=12", "model.semantic_grid.finest_cell_m=0.1",

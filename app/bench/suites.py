@@ -46,9 +46,7 @@ class BenchError(ValueError):
     """A bench request that cannot be run as asked (unknown suite, a pattern that matches no cell)."""
 
 
-ROOT = Path(__file__).resolve().parents[2]
 
-CONFIGS = ROOT / "configs"
 
 BENCH_VERSION = 2                     # bump when a cell's computation changes meaning (invalidates old cells);
 

@@ -21,10 +21,8 @@ class SynthSettings:
     masks: dict[str, Any] = field(default_factory=dict)  # overrides of the level's rates, e.g. {p_miss: 0.2}
 
     def __post_init__(self) -> None:
-        if self.holdout_every < 0 or self.holdout_every == 1:
+        if self.holdout_every == 1:                      # the range (RANGES) checks the rest
             raise ValueError("holdout_every must be 0 (none) or >= 2")
-        if self.frames is not None and self.frames < 2:
-            raise ValueError("frames must be at least 2")
 
 
 @dataclass

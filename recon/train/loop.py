@@ -151,16 +151,17 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                      bank=bank, log=log, device=dev, progress=progress, fit_seconds=fit_seconds)
     t0 = time.perf_counter()
 
-    def run_callbacks(hook: str, *args) -> None:
-        """Call `hook` on every callback; the time it takes is taken out of the fit time."""
+    def run_callbacks(hook: str, *args, only=None) -> None:
+        """Call `hook` on every callback (or those in `only`); the time it takes is taken out of the fit time."""
         nonlocal t0
         t_pause = time.perf_counter()
         ctx.fit_seconds = fit_seconds + t_pause - t0
-        for cb in callbacks:
+        for cb in (callbacks if only is None else only):
             getattr(cb, hook)(ctx, *args)
         t0 += time.perf_counter() - t_pause
 
     run_callbacks("on_fit_start")
+    steppers = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]   # the per-step hook
     end = s.train.iters if stop_at is None else min(stop_at, s.train.iters)
     bar = tqdm(total=s.train.iters, initial=start_it, disable=not progress, dynamic_ncols=True, desc="fit",
                mininterval=1.0)
@@ -184,8 +185,8 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                 bar.set_postfix({k: f"{v:.3g}" for k, v in vals.items()
                                  if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens")})
             bar.update(1)
-            if callbacks:
-                run_callbacks("on_step_end", done, vals)
+            if steppers:
+                run_callbacks("on_step_end", done, vals, only=steppers)
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
                 save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
                                 keep=s.train.keep_checkpoints)

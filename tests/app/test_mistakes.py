@@ -34,6 +34,7 @@ class Env:
     scene: Path
     run: Path
     tmp: Path
+    lock: RunLock | None = None                                # held by the `busy` setup, released after the case
 
 
 @dataclass
@@ -342,7 +343,6 @@ def test_mistake_is_refused_cleanly(case: Case, originals, tmp_path, capsys):
     shutil.copytree(run0, env.run)
     (env.run / "scene.txt").write_text(str(env.scene) + "\n")
     env.tmp.mkdir()
-    env.lock = None
     if case.setup is not None:
         case.setup(env)
     watched = case.untouched(env)
