@@ -56,13 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run against the scene's ground truth (RUN/metrics.json)",
                        description="Evaluate a fitted run: geometry against the GT mesh (and the TSDF baseline), "
-                                   "semantics at the GT mesh vertices; writes RUN/metrics.json.")
+                                   "semantics at the GT mesh vertices, 2D panoptic labels, and the rendering block "
+                                   "(colour and depth rendered from the held-out poses: PSNR, SSIM, depth AbsRel, "
+                                   "LPIPS with local weights, render frames/s); writes RUN/metrics.json.")
     e.add_argument("--run", type=Path, required=True, help="run folder")
     e.add_argument("--scene", type=Path, default=None, help="scene folder (default: the run's)")
     e.add_argument("--no-baseline", action="store_true", help="skip the TSDF-fusion baseline")
     e.add_argument("--no-fields", action="store_true",
                    help="skip semantic_3d_fields / instance_3d_fields (labels queried from the run's checkpoint "
                         "at the GT vertices)")
+    e.add_argument("--no-rendering", action="store_true",
+                   help="skip the rendering block (novel views of the held-out frames: PSNR, SSIM, depth AbsRel, "
+                        "LPIPS, render fps)")
+    e.add_argument("--lpips-weights", type=Path, default=None, metavar="PATH",
+                   help="local weights for the rendering block's LPIPS: a torchvision AlexNet state dict "
+                        "(alexnet-owt-7be5be79.pth) or a full LPIPS 'alex' checkpoint (default: the "
+                        "RECON_LPIPS_WEIGHTS environment variable; without either, lpips is null). Never downloads")
 
     x = sub.add_parser("export", help="export a run (gazebo | ply | glb | obj)",
                        description="Export a fitted run: 'gazebo' writes an SDFormat world with one static model per "
@@ -75,10 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--color-by", choices=["rgb", "semantic", "instance"], default="rgb",
                    help="vertex colours: appearance, class colour, or instance colour (stuff by class)")
 
-    r = sub.add_parser("render", help="render RGB / depth / semantic images of a run from the scene's poses",
-                       description="Render images of a fitted run from the scene's camera poses into RUN/renders/.")
-    r.add_argument("--run", type=Path, required=True)
-    r.add_argument("--frames", default="eval", help="'eval', 'train', 'all' or a comma list of frame ids")
+    r = sub.add_parser("render", help="render novel views (RGB, depth, semantic, instance, panoptic) of a run",
+                       description="Render a fitted run from any camera path into RUN/renders/ (or --out): "
+                                   "<name>_<what>.png per view, raw depth (mm) and label ids, poses.txt, "
+                                   "overview.png, render.json, and with --video one MP4 per branch and a "
+                                   "captioned side_by_side.mp4. One pose source: --frames (default eval), "
+                                   "--poses, --orbit or --path interpolate. See recon/postfit/renders.py.")
+    r.add_argument("--run", type=Path, required=True, help="run folder")
+    r.add_argument("--frames", default=None,
+                   help="the scene's poses: 'eval' (default), 'train', 'all' or a comma list of frame ids")
+    r.add_argument("--poses", type=Path, default=None, metavar="FILE",
+                   help="a file of 4x4 camera-to-world matrices (OpenCV axes, metres): .txt (4 rows per pose, "
+                        "'#' comments), .npy [N, 4, 4] or .json (list, or {\"poses\": [...]})")
+    r.add_argument("--orbit", action="store_true", help="an orbit inside the scene box, looking at its centre")
+    r.add_argument("--path", choices=["interpolate"], default=None,
+                   help="interpolate: a smooth path through the training poses (spline + rotation spline)")
+    r.add_argument("--n-frames", type=int, default=None,
+                   help="views on --orbit (default 90) or --path (default 4 per pair of training poses)")
+    r.add_argument("--what", default="rgb,depth,semantic,instance,panoptic",
+                   help="comma list of rgb, depth, semantic, instance, panoptic (default: all)")
+    r.add_argument("--size", default=None, metavar="WxH",
+                   help="image size (default the scene's; the intrinsics are scaled to it)")
+    r.add_argument("--out", type=Path, default=None, help="output folder (default RUN/renders; replaced whole)")
+    r.add_argument("--video", action="store_true", help="also write <what>.mp4 and side_by_side.mp4")
+    r.add_argument("--fps", type=float, default=15.0, help="video frames per second (default 15)")
+    r.add_argument("--labels", choices=["mesh", "fields", "compare"], default="mesh",
+                   help="mesh: ray-cast RUN/mesh.ply's labels (fast, default); fields: the fields' label renders "
+                        "(slow on a CPU); compare: images from the mesh, plus label_agreement.json against the fields")
+    r.add_argument("--fields-surface", choices=["mesh", "sdf"], default="mesh",
+                   help="fields / compare: find each ray's surface on the mesh where it hits (default), or search "
+                        "the SDF for every ray (independent of the mesh, about 4x slower)")
 
     m = sub.add_parser("merge-fragments", help="merge small same-class fragment instances of a finished run",
                        description="Post-process a finished run (no model needed): a small instance merges into the "

@@ -28,9 +28,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from recon.data.readers.common import ReaderError
     from recon.data.scene import SceneError
     from recon.export.run_data import ExportError
+    from recon.postfit.renders import RenderError
     from recon.train.memory import FitMemoryError
     return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError, EvalError,
-            GsamUnavailable, OSError)          # OSError: missing / unwritable paths, a full disk (the path is named)
+            GsamUnavailable, RenderError, OSError)   # OSError: missing / unwritable paths, a full disk (path named)
 
 
 def _guard(fn):
@@ -101,7 +102,8 @@ def cmd_fit(args) -> int:
 @_guard
 def cmd_eval(args) -> int:
     from app.pipeline import evaluate
-    m = evaluate(args.run, args.scene, baseline=not args.no_baseline, fields=not args.no_fields)
+    m = evaluate(args.run, args.scene, baseline=not args.no_baseline, fields=not args.no_fields,
+                 rendering=not args.no_rendering, lpips_weights=args.lpips_weights)
     print(json.dumps(m, indent=1))
     return 0
 
@@ -143,7 +145,9 @@ def cmd_cull_mesh(args) -> int:
 @_guard
 def cmd_render(args) -> int:
     from recon.postfit.renders import render_run_images
-    render_run_images(args.run, args.frames)
+    render_run_images(args.run, args.frames, poses_file=args.poses, orbit=args.orbit, path=args.path, what=args.what,
+                      size=args.size, out=args.out, video=args.video, labels=args.labels, n_frames=args.n_frames,
+                      fps=args.fps, fields_surface=args.fields_surface)
     return 0
 
 

@@ -29,10 +29,32 @@ def fit_scene(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = Fals
 
 
 def evaluate(run: Path, scene_dir: Path | None = None, *, baseline: bool = True, fields: bool = True,
-             log=print) -> dict:
-    """eval.evaluate.evaluate_run with the field query of recon/postfit (labels at the GT vertices)."""
+             rendering: bool = True, lpips_weights: Path | None = None, log=print) -> dict:
+    """eval.evaluate.evaluate_run with the field query of recon/postfit (labels at the GT vertices) and the
+    run's view renderer (recon/postfit/views.py: the Gaussians where the run has them, else the fields) for
+    the `rendering` block (rendering=False skips it; runs with neither gaussians.ply nor a checkpoint skip it). lpips_weights: a
+    local AlexNet / LPIPS weights file for the block's LPIPS (default: the RECON_LPIPS_WEIGHTS environment
+    variable; neither: lpips null)."""
+    import os
+    from recon.train.checkpoint import has_checkpoint
+
+    def view_renderer(r: Path):
+        from recon.postfit.views import load_view_renderer
+        usable = has_checkpoint(Path(r)) or (Path(r) / "gaussians.ply").is_file()   # the Gaussians need no checkpoint
+        return load_view_renderer(Path(r), log=log) if usable else None
+
+    env = os.environ.get("RECON_LPIPS_WEIGHTS")
+    if lpips_weights is None and env:
+        lpips_weights = Path(env)
+        if not lpips_weights.is_file():
+            raise FileNotFoundError(f"RECON_LPIPS_WEIGHTS={env}: no such file (the LPIPS weights; unset it to "
+                                    f"evaluate without LPIPS)")
+    elif lpips_weights is not None and not Path(lpips_weights).is_file():
+        raise FileNotFoundError(f"--lpips-weights {lpips_weights}: no such file")
     return evaluate_run(run, scene_dir, baseline=baseline, log=log,
-                        point_labeller=run_point_labels if fields else None)
+                        point_labeller=run_point_labels if fields else None,
+                        view_renderer=view_renderer if rendering else None,
+                        lpips_weights=lpips_weights if rendering else None)
 
 
 def demo(out: Path, config: Path | None, overrides: list[str], force: bool = False) -> dict:

@@ -9,7 +9,10 @@ rather than by tessellation); instance_3d: mCov / mWCov of the GT instances at t
 labelled the same way; semantic_3d_fields / instance_3d_fields: the same scores with the labels
 queried from the run's trained fields at those vertices (the paper's Sec. VI-C protocol; needs
 RUN/checkpoints/last.pt, skipped without it; the query itself is passed in as `point_labeller`, since eval
-knows no model). 2D (eval/panoptic_metrics.py): the run's rendered label images
+knows no model). rendering: the run's novel views (RGB, depth) from the held-out poses against the
+captured frames (eval/image_metrics.py: PSNR, SSIM, depth AbsRel, LPIPS where local weights are given) and
+the renderer's frames per second; the renderer is passed in as `view_renderer` (RUN -> renderer or None)
+for the same reason. 2D (eval/panoptic_metrics.py): the run's rendered label images
 RUN/labels/semantic|instance/<fid>.png (recon/data/run_files.py) against gt/semantic|instance
 over all frames of the scene concatenated into one image: panoptic_2d (PQ at IoU > 0.5),
 panoptic_2d_paper (IoU > 0.3, the PanopticRecon++ threshold for Replica / ScanNet++),
@@ -23,13 +26,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
+import torch
 import yaml
 from scipy.spatial import cKDTree
+from tqdm import tqdm
 
+from eval.appearance_reference import appearance_reference
 from eval.baselines.tsdf import tsdf_fusion
+from eval.image_metrics import (LPIPS_MIN_SIZE, LPIPS_NOT_GIVEN, Lpips, LpipsWeightsError, depth_metrics, load_lpips,
+                                psnr, ssim)
 from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points, semantic_metrics,
                           visible_face_mask)
 from eval.mesh_utils import raycast_depth
@@ -43,6 +51,20 @@ from recon.data.scene import Scene, load_scene
 
 # (run folder, world points [N, 3]) -> (class id [N], instance id [N]), or None when the run cannot be queried
 PointLabeller = Callable[[Path, np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+class ViewRenderer(Protocol):
+    """A trained run seen from any pose (recon/postfit/views.py): colour and depth of one camera."""
+    has_gaussians: bool
+
+    def render(self, K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> dict:
+        """K [3, 3] pixels, c2w [4, 4] OpenCV camera -> {"rgb": [H, W, 3] float 0..1, "depth_m": [H, W] z-depth
+        (0 = none), "alpha": [H, W]}."""
+
+
+# (run folder) -> its renderer, or None when the run cannot render (no checkpoint)
+ViewRendererFactory = Callable[[Path], "ViewRenderer | None"]
+
 
 class EvalError(ValueError):
     """A run folder cannot be evaluated as it is (the message names the file and why)."""
@@ -160,17 +182,13 @@ def panoptic_2d_metrics(run: Path, scene: Scene) -> dict:
 def depth_errors(pred_m: np.ndarray, gt_m: np.ndarray, mask: np.ndarray, within_m: float = 0.05) -> dict:
     """Depth metrics over the pixels `mask` with valid ground truth (gt > 0): AbsRel = mean |p - g| / g
     over those where the prediction exists (p > 0); within = share of ALL such pixels with |p - g| <
-    within_m (a missing prediction counts as wrong); coverage = share with a prediction."""
+    within_m (a missing prediction counts as wrong); coverage = share with a prediction
+    (eval/image_metrics.py depth_metrics)."""
     assert pred_m.shape == gt_m.shape == mask.shape
-    sel = mask & (gt_m > 0)
-    n = int(sel.sum())
-    if n == 0:
+    m = depth_metrics(pred_m, gt_m, mask, within_m)
+    if m["n_pixels"] == 0:
         return {"absrel": float("nan"), "within_5cm": float("nan"), "coverage": 0.0, "n_pixels": 0}
-    p, g = pred_m[sel], gt_m[sel]
-    has = p > 0
-    err = np.abs(p - g)
-    return {"absrel": float(np.mean(err[has] / g[has])) if has.any() else float("nan"),
-            "within_5cm": float(np.mean(has & (err < within_m))), "coverage": float(np.mean(has)), "n_pixels": n}
+    return {"absrel": m["absrel"], "within_5cm": m["within"], "coverage": 1.0 - m["missing"], "n_pixels": m["n_pixels"]}
 
 
 def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | None = None) -> dict:
@@ -194,6 +212,90 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
     m = depth_errors(np.stack(preds), np.stack(gts), np.stack(masks))
     return {"absrel": round(m["absrel"], 4), "within_5cm": round(100 * m["within_5cm"], 2),
             "coverage": round(100 * m["coverage"], 2), "n_frames": len(frames), "pixel_stride": stride}
+
+
+PSNR_CAP_DB = 100.0       # a frame rendered exactly (MSE 0, PSNR inf) scores this, so that means stay finite
+TRAIN_FRAMES_FIELDS = 4   # training frames the `rendering` block compares with when the fields render (~1 s a frame)
+
+
+def rendering_frames(scene: Scene, split: str) -> tuple[list[int], list[int]]:
+    """(held-out, trained) frame indices in scene order: held-out = the "eval" split minus the frames the
+    run trained on (its data.split; every frame when the scene has no such split)."""
+    train = scene.split_indices(split) if split in scene.splits else list(range(len(scene)))
+    trained = set(train)
+    return [i for i in scene.split_indices("eval") if i not in trained], train
+
+
+def render_scores(renderer: ViewRenderer, scene: Scene, idx: list[int], lpips: Lpips | None = None,
+                  desc: str = "render", progress: bool = True) -> dict:
+    """Colour and depth of `renderer` from the poses of frames `idx` against the captured frames: mean
+    per-frame PSNR (capped at PSNR_CAP_DB) and SSIM, depth AbsRel / within 5 cm / missing pooled over all
+    pixels, mean LPIPS (with `lpips`), and the seconds spent inside renderer.render."""
+    H, W = scene.height, scene.width
+    psnrs, ssims, lps, preds, gts = [], [], [], [], []
+    seconds = 0.0
+    for i in tqdm(idx, desc=desc, dynamic_ncols=True, disable=not progress, mininterval=1.0):
+        t = time.perf_counter()
+        out = renderer.render(scene.K, scene.c2w[i], W, H)
+        seconds += time.perf_counter() - t
+        rgb, depth = np.asarray(out["rgb"], np.float32), np.asarray(out["depth_m"], np.float32)
+        if rgb.shape != (H, W, 3) or depth.shape != (H, W):
+            raise EvalError(f"the view renderer returned rgb {rgb.shape} and depth_m {depth.shape} for a {W}x{H} "
+                            f"frame; expected ({H}, {W}, 3) and ({H}, {W})")
+        gt_rgb = scene.load_color(i).astype(np.float32) / 255.0                       # [H, W, 3] 0..1
+        psnrs.append(min(psnr(rgb, gt_rgb), PSNR_CAP_DB))
+        ssims.append(ssim(rgb, gt_rgb))
+        if lpips is not None:
+            lps.append(lpips(rgb, gt_rgb))
+        preds.append(depth)
+        gts.append(scene.load_depth_m(i))
+    d = depth_metrics(np.stack(preds), np.stack(gts), within_m=THRESHOLD_M)
+    return {"psnr": round(float(np.mean(psnrs)), 2), "ssim": round(float(np.mean(ssims)), 4),
+            "depth_absrel": round(d["absrel"], 4), "depth_within_5cm": round(100 * d["within"], 2),
+            "depth_missing": round(100 * d["missing"], 2),
+            "lpips": round(float(np.mean(lps)), 4) if lps else None, "n_frames": len(idx), "seconds": seconds}
+
+
+def rendering_metrics(run: Path, scene: Scene, split: str, view_renderer: ViewRendererFactory,
+                      lpips: Lpips | None, log=print, progress: bool = True) -> dict | None:
+    """The `rendering` block: the run's renders from the held-out poses (rendering_frames; every evaluation
+    frame when none is held out) against the captured colour and depth, the renderer's frames per second
+    (time inside render calls only, after one untimed warm-up render), and the same scores on as many
+    evenly spaced training frames under "train" (at most TRAIN_FRAMES_FIELDS when the fields render, which is
+    slow). None when `view_renderer` gives no renderer."""
+    renderer = view_renderer(run)
+    if renderer is None:
+        log(f"{run} has no checkpoint: rendering skipped")
+        return None
+    held, train = rendering_frames(scene, split)
+    idx, frames = (held, "heldout") if held else (scene.split_indices("eval"), "eval")
+    if not held:
+        log(f"{scene.root}: no held-out frames (every evaluation frame was trained on): rendering scores the "
+            f"training views")
+    if not idx:
+        return None
+    absent = LPIPS_NOT_GIVEN
+    if lpips is not None and min(scene.width, scene.height) < LPIPS_MIN_SIZE:
+        lpips, absent = None, (f"the frames ({scene.width}x{scene.height}) are smaller than the "
+                               f"{LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} pixels LPIPS' AlexNet needs")
+    renderer.render(scene.K, scene.c2w[idx[0]], scene.width, scene.height)           # warm-up, untimed
+    main = render_scores(renderer, scene, idx, lpips, "render held-out" if held else "render eval", progress)
+    block = {"frames": frames, "n_frames": main["n_frames"], "width": scene.width, "height": scene.height,
+             "source": "gaussians" if renderer.has_gaussians else "fields",
+             **{k: main[k] for k in ("psnr", "ssim", "depth_absrel", "depth_within_5cm", "depth_missing", "lpips")}}
+    if lpips is None:
+        block["lpips_absent"] = absent
+    block["render_fps"] = round(main["n_frames"] / max(main["seconds"], 1e-9), 2)
+    if held and train:     # what the training images carry for these views (eval/appearance_reference.py)
+        block["reference"] = appearance_reference(scene, held, train)
+    block["torch_threads"] = torch.get_num_threads()
+    if held and train:
+        n = min(len(train), len(held), TRAIN_FRAMES_FIELDS if not renderer.has_gaussians else len(held))
+        pick = [train[int(k)] for k in np.linspace(0, len(train) - 1, n).round()]
+        t = render_scores(renderer, scene, sorted(set(pick)), lpips, "render train", progress)
+        block["train"] = {k: t[k] for k in ("psnr", "ssim", "depth_absrel", "depth_within_5cm", "depth_missing",
+                                            "lpips", "n_frames")}
+    return block
 
 
 def semantic_3d_block(pred: np.ndarray, gt_labels: np.ndarray, scene: Scene) -> dict:
@@ -229,13 +331,22 @@ def field_label_metrics(run: Path, scene: Scene, gt: dict, point_labeller: Point
 
 @writes_run("eval")
 def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True, log=print,
-                 point_labeller: PointLabeller | None = None) -> dict:
+                 point_labeller: PointLabeller | None = None, view_renderer: ViewRendererFactory | None = None,
+                 lpips_weights: Path | None = None, progress: bool = True) -> dict:
     """Every metric of the run folder `run` against its scene's ground truth, written to RUN/metrics.json.
-    point_labeller: the field query for semantic_3d_fields / instance_3d_fields (None: those are skipped)."""
+    point_labeller: the field query for semantic_3d_fields / instance_3d_fields (None: those are skipped);
+    view_renderer: RUN -> its view renderer, for the `rendering` block (None: skipped); lpips_weights: a
+    local AlexNet / LPIPS weights file (eval/image_metrics.py load_lpips) for its LPIPS (None: lpips null)."""
     run = Path(run)
     mesh_path = run / "mesh.ply"
     if not mesh_path.is_file():
         raise FileNotFoundError(f"{mesh_path} missing: fit the run first")
+    lpips = None
+    if view_renderer is not None and lpips_weights is not None:
+        try:                                                   # a bad file fails here, before any long work
+            lpips = load_lpips(Path(lpips_weights))
+        except LpipsWeightsError as exc:
+            raise EvalError(f"LPIPS weights: {exc}") from exc
     scene = load_scene(_run_scene(run, scene_dir), check_images=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     voxel = float(cfg.get("mesh", {}).get("voxel_size_m", 0.02))
@@ -288,6 +399,10 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
             tb = metrics.setdefault("baselines", {}).setdefault(
                 "tsdf_fusion", {"voxel_size_m": voxel, "seconds": round(b["seconds"], 2)})
             tb["depth_heldout"] = heldout_depth_metrics(run, scene, stride, mesh=(b["vertices"], b["faces"]))
+    if view_renderer is not None:
+        block = rendering_metrics(run, scene, split, view_renderer, lpips, log, progress)
+        if block is not None:
+            metrics["rendering"] = block
     if not scene.has_gt_images:
         log(f"{scene.root} has no gt/ label images: 2D panoptic, semantic and instance metrics skipped")
     elif not labels_2d:

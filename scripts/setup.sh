@@ -45,3 +45,21 @@ fi
 .venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, segment_anything, groundingdino.util.slconfig" \
   || { echo "[setup] import check failed" >&2; exit 1; }
 echo "[setup] ready: .venv ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+
+# ---------------------------------------------------------------------------------------------------
+# Optional: gsplat, the CUDA rasteriser of the appearance Gaussians (fields/raster_gsplat.py; the
+# pure-PyTorch rasteriser runs everywhere without it). RECON_WITH_GSPLAT=1 installs it, =0 skips it;
+# unset, it is installed where nvcc is on PATH and nvidia-smi lists a GPU. Its CUDA kernels compile
+# at first use (a few minutes, once, into ~/.cache/torch_extensions); `gsplat_available()` says why not.
+want_gsplat=${RECON_WITH_GSPLAT:-auto}
+if [ "$want_gsplat" = auto ]; then
+  want_gsplat=0
+  if command -v nvcc >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then want_gsplat=1; fi
+fi
+if [ "$want_gsplat" = 1 ]; then
+  if ! .venv/bin/python -c "import gsplat" 2>/dev/null; then
+    echo "[setup] installing gsplat (requirements-gsplat.txt; CUDA kernels compile at first use)"
+    .venv/bin/python -m pip install -q --no-deps -r requirements-gsplat.txt
+  fi
+  command -v nvcc >/dev/null || echo "[setup] note: gsplat needs nvcc (the CUDA toolkit) on PATH to compile its kernels" >&2
+fi

@@ -26,7 +26,7 @@ LAYERS: dict[str, set[str]] = {
     "eval": {"recon.data", "recon.core"},
     "recon.model": {"recon.data", "recon.core", "fields", "tokens"},
     "recon.data": {"recon.core"},
-    "recon.core": {"tokens"},                                   # the settings hold the adjustment rules
+    "recon.core": {"tokens", "fields"},                         # the settings hold the adjustment / densify rules
     "tokens": {"fields"},
     "fields": set(),
 }

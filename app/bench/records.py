@@ -45,7 +45,10 @@ def summary_of(metrics: dict) -> dict:
             "mcov_3d": get("instance_3d", "mcov"), "miou_3d": get("semantic_3d", "miou"),
             "f1": get("geometry", "f1"), "chamfer_l1_cm": get("geometry", "chamfer_l1_cm"),
             "fit_seconds": get("timing", "fit_seconds"), "peak_rss_mb": get("timing", "peak_rss_mb"),
-            "iterations": get("timing", "iterations")}
+            "iterations": get("timing", "iterations"),
+            # the rendering block (held-out views); absent from cells evaluated before it existed
+            "psnr": get("rendering", "psnr"), "ssim": get("rendering", "ssim"),
+            "depth_absrel": get("rendering", "depth_absrel"), "render_fps": get("rendering", "render_fps")}
 
 
 def read_monitor_curve(metrics_csv: Path) -> list[dict]:

@@ -21,7 +21,8 @@ from recon.core.io import atomic_write_bytes, atomic_write_text
 
 COLUMNS = (("pq50", "PQ@0.5", 1), ("pq30", "PQ@0.3", 1), ("miou_2d", "mIoU 2D", 1), ("mcov_2d", "mCov 2D", 1),
            ("mcov_3d", "mCov 3D", 1), ("miou_3d", "mIoU 3D", 1), ("f1", "F1", 2), ("chamfer_l1_cm", "C-L1 cm", 2),
-           ("fit_seconds", "fit s", 1), ("peak_rss_mb", "peak MB", 0))
+           ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 3), ("depth_absrel", "depth AbsRel", 3),
+           ("render_fps", "render fps", 1), ("fit_seconds", "fit s", 1), ("peak_rss_mb", "peak MB", 0))
 REACH_SHARES = (0.5, 0.8, 0.95)
 
 
@@ -283,7 +284,10 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
     lines += ["", "## Results", "",
               "2D metrics over all frames of the scene (one concatenated image); 3D at the observed GT mesh "
               "vertices; F1 at 5 cm and C-L1 against the observed GT surface; fit s = training (ours) or "
-              "fusion (baseline) time; peak MB = peak resident memory of the cell's process.", "",
+              "fusion (baseline) time; peak MB = peak resident memory of the cell's process. PSNR, SSIM, depth AbsRel "
+              "and render fps: the run's renders from the held-out poses against the captured frames (metrics.json "
+              "`rendering`; – for methods that do not render, like the fusion baseline, and for cells evaluated "
+              "before the block existed); render fps is measured on the machine that ran the evaluation.", "",
               "| scene | method | fit on | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
               "|---|---|---|" + "---:|" * len(COLUMNS)]
     for scene, group in _scenes(results).items():

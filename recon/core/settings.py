@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fields.densify import DensifyConfig
 from tokens.adjust import AdjustConfig
 
 
@@ -127,7 +128,7 @@ class TrainSettings:
 @dataclass
 class MeshSettings:
     RANGES = {"voxel_size_m": ">0", "chunk_voxels": ">=1", "cull_margin_m": ">=0", "cull_front_margin_m": ">=0",
-              "label_offset_m": ">=0", "heldout_depth_stride": ">=1"}   # valid values, checked when the settings are loaded
+              "label_offset_m": ">=0", "heldout_depth_stride": ">=1", "colour_depth_tol_m": ">0"}   # valid values, checked when the settings are loaded
     voxel_size_m: float = 0.02           # marching-cubes voxel edge, metres
     chunk_voxels: int = 64               # voxels per axis meshed at once (bounds memory, not the result)
     cull_margin_m: float = 0.05          # a vertex counts as observed if in some train view it lies at most this far behind the observed depth
@@ -135,6 +136,9 @@ class MeshSettings:
                                          # anywhere in front (the view's whole free space; meshes before 2026-11-23)
     label_offset_m: float = 0.01         # labels/colours are queried this far inside the surface, along -normal
     heldout_depth_stride: int = 4        # SDF depth of held-out views (novel-view depth eval) on every Nth pixel
+    colour_source: Literal["images", "fields"] = "images"  # vertex colours: from the training images where a vertex is
+                                         # seen (else the Gaussians / colour head), or from the Gaussians / colour head only
+    colour_depth_tol_m: float = 0.05     # a training image sees a vertex when its depth agrees within this
 
 
 @dataclass
@@ -174,6 +178,39 @@ class PanopticSettings:
 
 
 @dataclass
+class AppearanceSettings:
+    """The appearance branch (method Sec. 6): 3D Gaussians rasterised, trained with the fields."""
+    RANGES = {"init_voxel_m": ">0", "footprint_factor": ">0", "init_opacity": "(0, 1)", "thin_ratio": "(0, 1]",
+              "sh_degree": "[0, 3]", "sh_degree_every": ">=1", "patch_px": ">=8", "steps_per_iter": ">=0",
+              "lambda_ssim": "[0, 1]", "lambda_depth": ">=0", "w_sdf_tie": ">=0", "lr_means_m": ">=0",
+              "lr_means_final_factor": "(0, 1]", "lr_scales": ">=0", "lr_quats": ">=0", "lr_opacity": ">=0",
+              "lr_sh": ">=0", "tile_px": ">=0", "max_init_gaussians": ">=0"}   # valid values, checked when the settings are loaded
+    branch: Literal["gaussians", "colour_head"] = "gaussians"  # gaussians: colour from 3D Gaussians, the colour head off (colour
+                                         # no longer shapes the SDF); colour_head: the NeuS-style colour head (ablation)
+    init_voxel_m: float = 0.01           # finest voxel edge of the initial Gaussians (back-projected depth), metres
+    footprint_factor: float = 1.5        # voxel edge >= this x the pixel footprint z/fx where the surface is seen finest
+    init_opacity: float = 0.7            # initial opacity of every Gaussian
+    thin_ratio: float = 0.1              # initial normal sigma / tangential sigma (surface-aligned discs)
+    max_init_gaussians: int = 0          # keep at most this many initial Gaussians (random subset); 0 = all
+    sh_degree: int = 3                   # spherical-harmonic degree of the colour
+    sh_degree_every: int = 250           # the active SH degree rises by one every this many Gaussian steps
+    patch_px: int = 64                   # each step renders a random window of at most this many pixels square
+    steps_per_iter: int = 1              # Gaussian steps per fit iteration (0 = the branch is not trained)
+    lambda_ssim: float = 0.2             # lambda1 of Eq. 34: L_rgb = (1 - l1) L1 + l1 (1 - SSIM) + l2 L_d
+    lambda_depth: float = 0.1            # lambda2 of Eq. 34: splatted vs observed depth (L1, metres)
+    w_sdf_tie: float = 0.1               # |sdf(mean)| of the Gaussians (SDF detached): ties them to the surface
+    lr_means_m: float = 5e-4             # Adam learning rates: means (metres), decayed to lr x lr_means_final_factor
+    lr_means_final_factor: float = 0.01  # ... at the last iteration
+    lr_scales: float = 1e-2              # log-scales
+    lr_quats: float = 1e-3               # quaternions
+    lr_opacity: float = 5e-2             # opacity logits
+    lr_sh: float = 1e-2                  # SH degree 0; higher degrees use lr / 20 (3DGS's rates x 2-4: ~1000 steps, not 30k)
+    tile_px: int = 0                     # rasteriser tile edge in pixels; 0 = the default (4, fields/gaussians.pick_tile)
+    backend: Literal["auto", "torch", "gsplat"] = "auto"  # rasteriser: auto = gsplat where CUDA and gsplat work, else torch
+    densify: DensifyConfig = field(default_factory=DensifyConfig)  # clone / split / prune (fields/densify.py)
+
+
+@dataclass
 class DataSettings:
     RANGES = {"max_memory_gb": ">=0"}   # valid values, checked when the settings are loaded
     split: str = "train"                 # frames to train on (splits.json); all frames when absent
@@ -192,3 +229,4 @@ class FitSettings:
     tokens: TokenSettings = field(default_factory=TokenSettings)          # the instance branch
     panoptic: PanopticSettings = field(default_factory=PanopticSettings)  # panoptic head, instances
     mesh: MeshSettings = field(default_factory=MeshSettings)              # meshing, culling, labels
+    appearance: AppearanceSettings = field(default_factory=AppearanceSettings)  # 3D Gaussian splatting colour

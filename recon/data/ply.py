@@ -116,3 +116,56 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
                     tris.append((poly[0], poly[k], poly[k + 1]))
             faces = np.asarray(tris, np.int64).reshape(-1, 3)
     return vertices, faces, colors, props
+
+
+GAUSSIAN_KEYS = ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest")
+
+
+def write_gaussians_ply(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+    """3D Gaussians in the PLY layout of the 3DGS reference code, which splat viewers read: x y z, nx ny nz
+    (zero), f_dc_0..2, f_rest_* (channel-major: all coefficients of red, then green, then blue), opacity
+    (logit), scale_0..2 (log), rot_0..3 (w x y z). params: GAUSSIAN_KEYS -> means [N, 3], quats [N, 4],
+    log_scales [N, 3], opacity_logits [N], sh_dc [N, 3], sh_rest [N, K-1, 3]. Written atomically."""
+    from plyfile import PlyData, PlyElement
+
+    p = {k: np.asarray(params[k], np.float32) for k in GAUSSIAN_KEYS}
+    n = len(p["means"])
+    k1 = p["sh_rest"].shape[1]
+    assert p["means"].shape == (n, 3) and p["quats"].shape == (n, 4) and p["log_scales"].shape == (n, 3)
+    assert p["opacity_logits"].shape == (n,) and p["sh_dc"].shape == (n, 3) and p["sh_rest"].shape == (n, k1, 3)
+    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(3 * k1)]
+             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    cols = np.concatenate([p["means"], np.zeros((n, 3), np.float32), p["sh_dc"],
+                           p["sh_rest"].transpose(0, 2, 1).reshape(n, 3 * k1), p["opacity_logits"][:, None],
+                           p["log_scales"], p["quats"]], axis=1)
+    vert = np.empty(n, dtype=[(name, "f4") for name in names])
+    for i, name in enumerate(names):
+        vert[name] = cols[:, i]
+    with atomic_file(Path(path)) as fh:
+        PlyData([PlyElement.describe(vert, "vertex")], text=False, byte_order="<").write(fh)
+
+
+def read_gaussians_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The parameters written by write_gaussians_ply (or by the 3DGS reference code), by GAUSSIAN_KEYS.
+    Raises ValueError naming the file and the missing properties when it is not a Gaussian PLY."""
+    from plyfile import PlyData
+
+    v = PlyData.read(os.fspath(path))["vertex"].data
+    names = set(v.dtype.names)
+    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+            "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [k for k in need if k not in names]
+    if missing:
+        raise ValueError(f"{path} is not a 3D Gaussian PLY (missing {', '.join(missing)})")
+    n_rest = len([k for k in names if k.startswith("f_rest_")])
+    if n_rest % 3:
+        raise ValueError(f"{path}: {n_rest} f_rest_* properties is not a multiple of 3")
+    k1 = n_rest // 3
+
+    def col(*keys: str) -> np.ndarray:
+        return np.stack([np.asarray(v[k], np.float32) for k in keys], axis=1)
+
+    rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((len(v), 0), np.float32)
+    return {"means": col("x", "y", "z"), "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
+            "log_scales": col("scale_0", "scale_1", "scale_2"), "opacity_logits": np.asarray(v["opacity"], np.float32),
+            "sh_dc": col("f_dc_0", "f_dc_1", "f_dc_2"), "sh_rest": rest.reshape(len(v), 3, k1).transpose(0, 2, 1)}

@@ -30,8 +30,9 @@ SEM_MIN_WEIGHT = 1e-3  # samples with a smaller rendering weight are skipped by 
 def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettings, *, with_grad: bool,
                 with_semantic: bool, eik_fraction: float = 0.0, gen: torch.Generator | None = None,
                 detach_sem_weights: bool = True, branch: InstanceBranch | None = None,
-                with_panoptic: bool = False) -> dict[str, torch.Tensor]:
+                with_panoptic: bool = False, with_rgb: bool = True) -> dict[str, torch.Tensor]:
     """Query the fields at the samples `z` [R, S] of `rays` and volume-render them.
+    with_rgb False: the colour head is not evaluated (rgb is zero; the Gaussians give colour).
 
     Returns depth [R], rgb [R, 3], acc [R], sdf [R, S], weights [R, S], optionally sem_probs
     [R, C], the rendered token masks token_masks [R, N] (with `branch`), the rendered panoptic
@@ -53,12 +54,11 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
     sdf = sdf.reshape(R, S)
     alpha = sdf_to_alpha(sdf, s.render.xi)                                          # [R, S]
     w = transmittance_weights(alpha)                                                # [R, S]
-    rgb_pts = model.color(geo).reshape(R, S, 3)
     out["sdf"] = sdf
     out["weights"] = w
     out["depth"] = render_depth(w, z)
     out["acc"] = accumulated_opacity(w)
-    out["rgb"] = render(w, rgb_pts)
+    out["rgb"] = render(w, model.color(geo).reshape(R, S, 3)) if with_rgb else torch.zeros(R, 3, device=dev)
     with_panoptic = with_panoptic and branch is not None and with_semantic
     if with_semantic or branch is not None:
         w_lab = w.detach() if detach_sem_weights else w
@@ -248,3 +248,78 @@ def sdf_surface_depth(model, origins: torch.Tensor, dirs: torch.Tensor, near_m: 
         t = lo + (hi - lo) * s_lo / (s_lo - s_hi).clamp_min(1e-9)
         out.append(torch.where(hit, t, torch.zeros_like(t)))
     return torch.cat(out).cpu() if out else torch.zeros(0)
+
+
+# ----------------------------------------------------------------------------- labels at any pose
+
+
+@torch.no_grad()
+def render_pose_labels(model, branch: InstanceBranch | None, head: bool, K: np.ndarray, c2w: np.ndarray, width: int,
+                       height: int, s, far_m: float, depth_ray_m: torch.Tensor | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(semantic [H, W] class ids, token [H, W] (-1 = none), depth_ray_m [H, W] distance along the unit ray to the
+    surface used, 0 = unlabelled ray) rendered by the fields for a pinhole camera K [3, 3] at c2w [4, 4] (OpenCV axes),
+    with no observed depth: the surface is `depth_ray_m` [H*W] where given and finite (e.g. a mesh's hit distance,
+    0 = no surface), else the SDF's first zero crossing (sdf_surface_depth over [render.near_m, far_m]) found for
+    those rays (all of them when depth_ray_m is None; NaN entries = search this ray). The labels are then
+    rendered as in render_frame_labels: render.n_surface samples in the band of +-render.band_m around the
+    surface (render.n_stratified of them when n_surface is 0). Rays that find no surface, or whose rendered
+    opacity is below MIN_ACC, are unlabelled (class 0, token -1)."""
+    from recon.model.sampling import camera_dirs
+
+    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    assert K.shape == (3, 3) and c2w.shape == (4, 4), (K.shape, c2w.shape)
+    H, W = height, width
+    d_cam = camera_dirs(K, W, H)                                                  # [P, 3], z = 1
+    d_unit = d_cam / np.linalg.norm(d_cam, axis=1, keepdims=True)
+    dirs = torch.from_numpy(d_unit @ c2w[:3, :3].T).float()                       # [P, 3] world, unit
+    origins = torch.from_numpy(np.broadcast_to(c2w[:3, 3], dirs.shape).copy()).float()
+    near = s.render.near_m
+    if depth_ray_m is None:
+        depth = torch.full((H * W,), float("nan"))
+    else:
+        depth = torch.as_tensor(depth_ray_m, dtype=torch.float32).reshape(-1).clone()
+        assert depth.shape[0] == H * W, depth.shape
+    search = torch.nonzero(torch.isnan(depth)).reshape(-1)                        # rays whose surface is unknown
+    if len(search):
+        depth[search] = sdf_surface_depth(model, origins[search], dirs[search], near, far_m,
+                                          chunk=s.render.chunk_rays).to(depth.dtype)
+    n_band = s.render.n_surface if s.render.n_surface > 0 else s.render.n_stratified
+    sems, toks, labelled = [], [], []
+    for a in range(0, H * W, s.render.chunk_rays):
+        b = min(a + s.render.chunk_rays, H * W)
+        pix = torch.arange(a, b)
+        rays = RayBatch(frame=torch.zeros_like(pix), pixel=pix, origins=origins[a:b], dirs=dirs[a:b],
+                        depth=depth[a:b], rgb=torch.zeros(b - a, 3), semantic=None, instance=None)
+        z = sample_along_rays(rays.depth, near, far_m, 0, n_band, s.render.band_m, gen=None)
+        out = render_rays(model, rays, z, s, with_grad=False, with_semantic=True, branch=branch,
+                          with_panoptic=head and branch is not None, with_rgb=False)
+        sem, tok = labels_from_distributions(branch, head, out["sem_probs"], out.get("token_masks"),
+                                             out.get("pan_probs"))
+        empty = (out["acc"] < MIN_ACC) | (rays.depth.to(sem.device) <= 0)
+        sem[empty] = 0
+        tok[empty] = -1
+        sems.append(sem.cpu())
+        toks.append(tok.cpu())
+        labelled.append(~empty.cpu())
+    keep = torch.cat(labelled)
+    return (torch.cat(sems).reshape(H, W).numpy().astype(np.int64),
+            torch.cat(toks).reshape(H, W).numpy().astype(np.int64),
+            torch.where(keep, depth.cpu(), torch.zeros_like(depth.cpu())).reshape(H, W).numpy())
+
+
+def sdf_and_gradient(model, points: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDF [M] and its spatial gradient [M, 3] at points [M, 3], both detached; no gradient reaches the
+    fields' parameters (autograd.grad is taken with respect to the points only)."""
+    assert points.ndim == 2 and points.shape[1] == 3
+    sdfs, grads = [], []
+    for a in range(0, len(points), chunk):
+        x = points[a:a + chunk].detach().to(model.device).requires_grad_(True)
+        with torch.enable_grad():
+            s = model.sdf(x)[0]
+            (gx,) = torch.autograd.grad(s.sum(), x)
+        sdfs.append(s.detach())
+        grads.append(gx.detach())
+    if not sdfs:
+        return torch.zeros(0), torch.zeros(0, 3)
+    return torch.cat(sdfs), torch.cat(grads)

@@ -18,10 +18,23 @@ class LabelledMesh(Callback):
 
     def on_fit_end(self, ctx: FitContext) -> None:
         t0 = time.perf_counter()
+        m = ctx.settings.mesh
         path = label_run_mesh(ctx.run, ctx.model, ctx.scene, ctx.bank, ctx.settings, ctx.log, branch=ctx.branch,
-                              progress=ctx.progress)
+                              progress=ctx.progress, colour_source=m.colour_source,
+                              colour_depth_tol_m=m.colour_depth_tol_m, gaussians=ctx.gaussians)
         ctx.timing["mesh_seconds"] = round(time.perf_counter() - t0, 2)
         ctx.log.info(f"wrote {path} (meshing {ctx.timing['mesh_seconds']:.1f} s)")
+
+
+class GaussiansPly(Callback):
+    """RUN/gaussians.ply: the appearance branch's Gaussians in the 3DGS layout (renders and splat viewers
+    need no checkpoint). Nothing without the branch."""
+
+    def on_fit_end(self, ctx: FitContext) -> None:
+        if ctx.gaussians is not None:
+            from recon.model.appearance import save_gaussians_ply
+            save_gaussians_ply(ctx.gaussians, ctx.run / "gaussians.ply")
+            ctx.log.info(f"wrote {ctx.run / 'gaussians.ply'} ({ctx.gaussians.n} Gaussians)")
 
 
 class HeldoutDepth(Callback):
@@ -46,4 +59,4 @@ class LabelImages(Callback):
 
 def default_postfit() -> list[Callback]:
     """The post-fit steps every `run.py fit` runs, in order."""
-    return [LabelledMesh(), HeldoutDepth(), LabelImages()]
+    return [GaussiansPly(), LabelledMesh(), HeldoutDepth(), LabelImages()]

@@ -24,6 +24,7 @@ from recon.data.scene import Scene
 from recon.model.inference import vertex_attributes
 from recon.model.sampling import FrameBank
 from recon.postfit.fragments import merge_fragment_ids
+from recon.postfit.mesh_colour import colour_vertices_from_images
 from recon.postfit.meshing import extract_mesh, observed_mask
 
 
@@ -110,9 +111,27 @@ def write_label_meshes(run: Path, verts: np.ndarray, faces: np.ndarray, rgb: np.
     write_ply(run / "mesh_panoptic.ply", verts, faces, vertex_props=props, colors=pan_rgb)
 
 
-def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None, progress: bool = False) -> Path:
+def gaussian_colours_at(gaussians, points: np.ndarray) -> np.ndarray:
+    """uint8 colours [V, 3]: the view-independent (degree-0) colour of the nearest Gaussian of each point."""
+    from scipy.spatial import cKDTree
+    from fields.gaussians import SH_C0
+    means = gaussians.means.detach().cpu().numpy()
+    rgb = np.clip(0.5 + SH_C0 * gaussians.sh_dc.detach().cpu().numpy(), 0, 1)
+    _, nearest = cKDTree(means).query(np.asarray(points, np.float64), k=1)
+    return np.round(rgb[nearest] * 255).astype(np.uint8)
+
+
+def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, branch=None, progress: bool = False,
+                   colour_source: str = "images", colour_depth_tol_m: float = 0.05, gaussians=None) -> Path:
     """Write RUN/mesh.ply (RGB colours, `semantic` and `instance` vertex properties), mesh_semantic.ply,
-    mesh_panoptic.ply, legend.json and, with an instance branch, instances/ and instances.json."""
+    mesh_panoptic.ply, legend.json and, with an instance branch, instances/ and instances.json.
+
+    Vertex colours: colour_source "images" = from the bank's training frames where a vertex is seen
+    (recon/postfit/mesh_colour.py; depth test within colour_depth_tol_m), elsewhere the colour of the
+    nearest Gaussian (`gaussians`, the appearance branch) or, without Gaussians, the fields' colour head;
+    "fields" = that fallback everywhere."""
+    if colour_source not in ("images", "fields"):
+        raise ValueError(f"colour_source must be 'images' or 'fields', got {colour_source!r}")
     model.eval()
     box_min, box_max = model.box_min_np, model.box_max_np
     depth_z = (bank.depth_ray_m / bank.ray_scale[None]).reshape(-1, bank.height, bank.width).numpy()
@@ -129,6 +148,13 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
     attrs = vertex_attributes(model, verts.astype(np.float32), s.mesh.label_offset_m, branch=branch,
                               head=s.panoptic.head)
     rgb = np.round(attrs["rgb"] * 255).astype(np.uint8) if len(verts) else np.zeros((0, 3), np.uint8)
+    if gaussians is not None and len(verts):
+        rgb = gaussian_colours_at(gaussians, verts)
+    if colour_source == "images" and len(verts):
+        rgb, seen = colour_vertices_from_images(verts, attrs["normals"], scene, bank.frame_index, colour_depth_tol_m,
+                                                fallback_rgb=rgb, progress=progress)
+        log.info(f"mesh colours: {seen.mean():.1%} of vertices from {len(bank.frame_index)} training images, "
+                 f"the rest from the {'Gaussians' if gaussians is not None else 'fields'}")
     sem = attrs["semantic"].astype(np.int64) if scene.has_masks else np.zeros(len(verts), np.int64)
     if branch is not None:
         token_ids = token_id_map(branch.tokens.n, attrs["token"])

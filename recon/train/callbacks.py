@@ -42,6 +42,7 @@ class FitContext:
     progress: bool                      # show progress bars
     fit_seconds: float = 0.0            # training time so far (updated by the loop before each call)
     timing: dict = field(default_factory=dict)  # extra entries for RUN/timing.json (e.g. mesh_seconds)
+    gaussians: object | None = None     # fields.gaussians.GaussianModel of the appearance branch, None without one
 
 
 class Callback:

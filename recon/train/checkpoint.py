@@ -26,7 +26,7 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Generator, fit_seconds: float,
-                    inst=None, keep: int = 0) -> Path:
+                    inst=None, keep: int = 0, appearance: dict | None = None) -> Path:
     """Write checkpoints/ckpt_<it>.pt and last.pt (a copy), each atomically; then delete all but the newest
     `keep` numbered checkpoints (keep 0 = delete none)."""
     ckpt_dir = run / "checkpoints"
@@ -41,6 +41,8 @@ def save_checkpoint(run: Path, it: int, model: SceneModel, opt, gen: torch.Gener
                              "class_head": inst.branch.class_head.state_dict(),
                              "thing_ids": inst.branch.thing_ids, "optimizer": inst.opt.state_dict(),
                              "strategy": inst.strategy.state_dict()}
+    if appearance is not None:                 # the Gaussians (their count changes): recon/train/appearance.py
+        state["appearance"] = appearance
     with atomic_file(path) as fh:
         torch.save(state, fh)
     with open(path, "rb") as src, atomic_file(ckpt_dir / "last.pt") as fh:

@@ -28,8 +28,10 @@ from recon.data.scene import load_scene
 from recon.model.inference import far_plane
 from recon.model.instance_branch import InstanceBranch, init_tokens_from_bank
 from recon.model.sampling import build_frame_bank
+from recon.model.inference import sdf_and_gradient
+from recon.train.appearance import (gaussian_state_dict, gaussian_step, new_gaussian_state, restore_gaussian_state)
 from recon.train.callbacks import Callback, FitContext
-from recon.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from recon.train.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 from recon.train.memory import check_memory, check_mesh_budget
 from recon.train.optim import TOKEN_LR_KEYS, lr_factor, make_optimizer
 from recon.train.runs import (build_model_for_scene, instance_branch_wanted, make_instance_state, restore_branch,
@@ -125,6 +127,13 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
     bank = build_frame_bank(scene, train_idx, with_masks=True)
     far = far_plane(bank, s)
     inst: InstanceState | None = None
+    # the appearance branch has its own random stream, so the fields' draws are those of a fit without it
+    gs_wanted = s.appearance.branch == "gaussians" and s.appearance.steps_per_iter > 0
+    gen_gs = torch.Generator().manual_seed(s.train.seed + 7919)
+    gstate = None
+    if ckpt is not None and gs_wanted and "appearance" not in ckpt:
+        raise CheckpointError(f"{run}: its checkpoint has no Gaussians (fitted with appearance.branch=colour_head "
+                              "or before the appearance branch existed): resume with appearance.branch=colour_head")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         model.to(dev)                                     # before the optimisers: their state follows the params
@@ -137,6 +146,9 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
         gen.set_state(ckpt["rng"]["torch_gen"])
         torch.set_rng_state(ckpt["rng"]["torch_global"])
         start_it, fit_seconds = int(ckpt["iter"]), float(ckpt["fit_seconds"])
+        if gs_wanted:
+            gstate = restore_gaussian_state(ckpt["appearance"], s, dev, log=log.info)
+            gen_gs.set_state(ckpt["appearance"]["gen"])
         log.info(f"resuming {run} at iteration {start_it}")
     else:
         log.info(f"fitting {scene.root} ({len(train_idx)} training frames of {len(scene)}) into {run}")
@@ -146,9 +158,15 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
             branch0 = InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens).to(dev)
             inst = make_instance_state(branch0, s, log.info)
         opt = make_optimizer(model, s, inst.branch if inst else None)
+        if gs_wanted:
+            gstate = new_gaussian_state(bank, s, gen_gs, dev, log=log.info)
+
+    def ckpt_appearance() -> dict | None:
+        return None if gstate is None else {**gaussian_state_dict(gstate), "gen": gen_gs.get_state()}
 
     ctx = FitContext(run=run, settings=s, scene=scene, model=model, branch=inst.branch if inst else None,
-                     bank=bank, log=log, device=dev, progress=progress, fit_seconds=fit_seconds)
+                     bank=bank, log=log, device=dev, progress=progress, fit_seconds=fit_seconds,
+                     gaussians=gstate.g if gstate is not None else None)
     t0 = time.perf_counter()
 
     def run_callbacks(hook: str, *args, only=None) -> None:
@@ -175,7 +193,11 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                 for g, key in zip(inst.opt.param_groups, TOKEN_LR_KEYS):
                     g["lr"] = getattr(s.tokens, key) * lr_factor(it, s)
             vals = train_step(model, opt, bank, s, it, gen, far, inst)
-            if not math.isfinite(vals["total"]):
+            if gstate is not None:
+                tie = ((lambda x: sdf_and_gradient(model, x)) if it >= s.train.geometry_only_iters else None)
+                for _ in range(s.appearance.steps_per_iter):
+                    vals.update(gaussian_step(gstate, bank, s, it, gen_gs, sdf_fn=tie))
+            if not math.isfinite(vals["total"]) or not math.isfinite(vals.get("gs_total", 0.0)):
                 raise FloatingPointError(f"loss became {vals['total']} at iteration {it}; see {run / 'log.txt'}")
             done = it + 1
             if done % s.train.log_every == 0 or done == s.train.iters:
@@ -183,25 +205,27 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                                    "time/seconds": fit_seconds + time.perf_counter() - t0,
                                    "lr/grid": opt.param_groups[0]["lr"]})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in vals.items()
-                                 if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens")})
+                                 if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens", "gs_l1",
+                                          "gaussians")})
             bar.update(1)
             if steppers:
                 run_callbacks("on_step_end", done, vals, only=steppers)
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
                 save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
-                                keep=s.train.keep_checkpoints)
+                                keep=s.train.keep_checkpoints, appearance=ckpt_appearance())
                 fault_point("training")
     except KeyboardInterrupt:
         bar.close()
         save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
-                        keep=s.train.keep_checkpoints)
+                        keep=s.train.keep_checkpoints, appearance=ckpt_appearance())
         log.info(f"interrupted after iteration {done}: checkpoint saved; continue with 'fit --resume'")
         log.close()
         raise
     bar.close()
     synchronize(dev)
     fit_seconds += time.perf_counter() - t0
-    save_checkpoint(run, done, model, opt, gen, fit_seconds, inst, keep=s.train.keep_checkpoints)
+    save_checkpoint(run, done, model, opt, gen, fit_seconds, inst, keep=s.train.keep_checkpoints,
+                    appearance=ckpt_appearance())
     log.info(f"trained {done} iterations in {fit_seconds:.1f} s"
              + (" (last losses: " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items()) + ")" if vals else ""))
     if done < s.train.iters:

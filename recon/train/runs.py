@@ -79,3 +79,16 @@ def load_run_full(run: Path, device: str | None = None, log=print
     model.to(dev).eval()
     branch = restore_branch(ckpt["instance"], scene, s).to(dev).eval() if "instance" in ckpt else None
     return s, model, branch, scene
+
+
+def load_run_gaussians(run: Path, device: str = "cpu", log=print):
+    """The appearance branch's Gaussians (fields.gaussians.GaussianModel, eval mode) of a run's newest
+    readable checkpoint, or None when the run has none (appearance.branch=colour_head, or older runs)."""
+    from fields.gaussians import GaussianModel
+    s = load_config(FitSettings, Path(run) / "config.yaml")
+    ckpt, _ = load_checkpoint(Path(run), log=log)
+    if "appearance" not in ckpt:
+        return None
+    g = GaussianModel.from_state_dict(ckpt["appearance"]["model"], s.appearance.sh_degree)
+    g.active_degree.fill_(min(s.appearance.sh_degree, int(ckpt["appearance"]["steps"]) // s.appearance.sh_degree_every))
+    return g.to(resolve_device(device)).eval()

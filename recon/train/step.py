@@ -43,17 +43,19 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     semantic_on = labels_on and ls.w_sem > 0
     inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
     pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0
+    colour_head = s.appearance.branch == "colour_head"        # else the Gaussians give colour (recon/train/appearance.py)
     out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on or pan_on,
                       eik_fraction=ls.eik_fraction, gen=gen, detach_sem_weights=t.detach_semantic_weights,
-                      branch=inst.branch if inst_on else None, with_panoptic=pan_on)
+                      branch=inst.branch if inst_on else None, with_panoptic=pan_on, with_rgb=colour_head)
     valid = rays.depth > 0
     l_trunc, l_free = sdf_loss(out["sdf"], z, rays.depth, ls.trunc_m, ls.beta, valid)
     terms = {
         "sdf": l_trunc, "free": l_free,
         "eik": eikonal_loss(out["grad"]) if "grad" in out else torch.zeros((), device=model.device),
         "depth": depth_loss(out["depth"], rays.depth, valid),
-        "rgb": rgb_loss(out["rgb"], rays.rgb),
     }
+    if colour_head:
+        terms["rgb"] = rgb_loss(out["rgb"], rays.rgb)
     if semantic_on:
         terms["sem"] = semantic_loss(out["sem_probs"], rays.semantic)
     stats: dict[str, float] = {}

@@ -67,6 +67,7 @@ def outputs(run: Path) -> dict[str, str]:
         m = json.loads((run / "metrics.json").read_text())
         m.pop("eval_seconds", None)
         m.pop("timing", None)
+        m.get("rendering", {}).pop("render_fps", None)         # a timing too
         out["metrics.json"] = json.dumps(m, sort_keys=True)
     with open(run / "metrics.csv", newline="") as fh:
         rows = [{k: v for k, v in r.items() if k.startswith("loss/")} for r in csv.DictReader(fh)]

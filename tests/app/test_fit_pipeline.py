@@ -78,6 +78,10 @@ def test_resume_continues_with_identical_state(tiny_scene, tmp_path):
     assert a["iter"] == b["iter"] == straight.iterations == 12
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+    # the appearance branch's Gaussians (count, parameters, Adam moments) resume exactly too
+    assert a["appearance"]["steps"] == b["appearance"]["steps"] == 12
+    for k in a["appearance"]["model"]:
+        torch.testing.assert_close(a["appearance"]["model"][k], b["appearance"]["model"][k], rtol=0, atol=1e-6, msg=k)
     n_start = int(mid["instance"]["strategy"]["n"]) if mid["instance"]["strategy"]["n"] is not None else None
     for k in a["instance"]["tokens"]:
         torch.testing.assert_close(a["instance"]["tokens"][k], b["instance"]["tokens"][k], rtol=0, atol=1e-6, msg=k)

@@ -39,7 +39,7 @@ MICRO = [
     "tokens.min_mask_pixels=2", "train.device=cpu",
     "train.geometry_only_iters=2", "train.pan_start_iters=4", "train.dice_off_iters=6",
 ]
-GEOMETRY = {"sdf", "free", "eik", "depth", "rgb", "total"}
+GEOMETRY = {"sdf", "free", "eik", "depth", "total"}         # no rgb: the Gaussians give colour (recon/train/appearance.py)
 STATS = {"tokens", "masks", "matched", "match_cost"}
 
 
@@ -85,7 +85,7 @@ def test_terms_per_stage_with_the_panoptic_head(scene):
         assert all(math.isfinite(x) for k, x in v.items() if k != "match_cost"), (it, v)
         # total = the weighted sum with the default weights w_sdf 10, w_free 1, w_eik 0.1, w_depth 0.1,
         # w_rgb 1, w_sem 0.1, w_ins 1, w_cls 0.1, w_pan 0.5 (terms absent at this stage count 0)
-        total = (10 * v["sdf"] + v["free"] + 0.1 * v["eik"] + 0.1 * v["depth"] + v["rgb"]
+        total = (10 * v["sdf"] + v["free"] + 0.1 * v["eik"] + 0.1 * v["depth"] + v.get("rgb", 0.0)
                  + 0.1 * v.get("sem", 0.0) + v.get("ins", 0.0) + 0.1 * v.get("cls", 0.0) + 0.5 * v.get("pan", 0.0))
         assert v["total"] == pytest.approx(total, rel=1e-5, abs=1e-6), it
         if "ins" in v:
@@ -133,6 +133,17 @@ def test_dice_off_changes_only_the_instance_term(scene):
     # ins(6) = ins(5) - (the dice part >= 0, > 0 for matched masks)
     on = _run(scene, (5,))[5]
     off = _run(scene, (6,))[6]
-    for k in ("sdf", "free", "eik", "depth", "rgb", "sem", "cls", "pan", "masks", "matched", "match_cost"):
+    for k in ("sdf", "free", "eik", "depth", "sem", "cls", "pan", "masks", "matched", "match_cost"):
         assert off[k] == on[k], k
     assert off["ins"] < on["ins"] - 1e-4
+
+
+def test_colour_head_only_in_its_ablation(scene):
+    """appearance.branch=gaussians (default): the colour head is not evaluated, so it gets no gradient and
+    colour cannot shape the SDF; appearance.branch=colour_head: the rgb term is back and trains it."""
+    for branch, has_rgb in (("gaussians", False), ("colour_head", True)):
+        model, opt, bank, s, gen, far, inst = _build(scene, f"appearance.branch={branch}")
+        v = train_step(model, opt, bank, s, 0, gen, far, inst)
+        assert ("rgb" in v) == has_rgb, branch
+        grads = [p.grad for p in model.color_head.parameters()]
+        assert all(g is None for g in grads) != has_rgb, branch
