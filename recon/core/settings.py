@@ -185,8 +185,9 @@ class AppearanceSettings:
               "lambda_ssim": "[0, 1]", "lambda_depth": ">=0", "w_sdf_tie": ">=0", "lr_means_m": ">=0",
               "lr_means_final_factor": "(0, 1]", "lr_scales": ">=0", "lr_quats": ">=0", "lr_opacity": ">=0",
               "lr_sh": ">=0", "tile_px": ">=0", "max_init_gaussians": ">=0"}   # valid values, checked when the settings are loaded
-    branch: Literal["gaussians", "colour_head"] = "gaussians"  # gaussians: colour from 3D Gaussians, the colour head off (colour
-                                         # no longer shapes the SDF); colour_head: the NeuS-style colour head (ablation)
+    branch: Literal["both", "gaussians", "colour_head"] = "both"  # both: the Gaussians give colour, the colour head's L1 still
+                                         # shapes the SDF (labels need it: README); gaussians: the colour head off (colour never
+                                         # shapes the SDF); colour_head: the NeuS-style colour head alone, no Gaussians (ablation)
     init_voxel_m: float = 0.01           # finest voxel edge of the initial Gaussians (back-projected depth), metres
     footprint_factor: float = 1.5        # voxel edge >= this x the pixel footprint z/fx where the surface is seen finest
     init_opacity: float = 0.7            # initial opacity of every Gaussian

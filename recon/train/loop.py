@@ -128,7 +128,7 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
     far = far_plane(bank, s)
     inst: InstanceState | None = None
     # the appearance branch has its own random stream, so the fields' draws are those of a fit without it
-    gs_wanted = s.appearance.branch == "gaussians" and s.appearance.steps_per_iter > 0
+    gs_wanted = s.appearance.branch in ("gaussians", "both") and s.appearance.steps_per_iter > 0
     gen_gs = torch.Generator().manual_seed(s.train.seed + 7919)
     gstate = None
     if ckpt is not None and gs_wanted and "appearance" not in ckpt:

@@ -43,7 +43,7 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     semantic_on = labels_on and ls.w_sem > 0
     inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
     pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0
-    colour_head = s.appearance.branch == "colour_head"        # else the Gaussians give colour (recon/train/appearance.py)
+    colour_head = s.appearance.branch in ("colour_head", "both")   # gaussians: colour from the Gaussians alone
     out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on or pan_on,
                       eik_fraction=ls.eik_fraction, gen=gen, detach_sem_weights=t.detach_semantic_weights,
                       branch=inst.branch if inst_on else None, with_panoptic=pan_on, with_rgb=colour_head)

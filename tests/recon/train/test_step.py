@@ -39,7 +39,7 @@ MICRO = [
     "tokens.min_mask_pixels=2", "train.device=cpu",
     "train.geometry_only_iters=2", "train.pan_start_iters=4", "train.dice_off_iters=6",
 ]
-GEOMETRY = {"sdf", "free", "eik", "depth", "total"}         # no rgb: the Gaussians give colour (recon/train/appearance.py)
+GEOMETRY = {"sdf", "free", "eik", "depth", "rgb", "total"}  # rgb: the colour head still shapes the SDF (appearance.branch=both)
 STATS = {"tokens", "masks", "matched", "match_cost"}
 
 
@@ -133,15 +133,15 @@ def test_dice_off_changes_only_the_instance_term(scene):
     # ins(6) = ins(5) - (the dice part >= 0, > 0 for matched masks)
     on = _run(scene, (5,))[5]
     off = _run(scene, (6,))[6]
-    for k in ("sdf", "free", "eik", "depth", "sem", "cls", "pan", "masks", "matched", "match_cost"):
+    for k in ("sdf", "free", "eik", "depth", "rgb", "sem", "cls", "pan", "masks", "matched", "match_cost"):
         assert off[k] == on[k], k
     assert off["ins"] < on["ins"] - 1e-4
 
 
 def test_colour_head_only_in_its_ablation(scene):
-    """appearance.branch=gaussians (default): the colour head is not evaluated, so it gets no gradient and
-    colour cannot shape the SDF; appearance.branch=colour_head: the rgb term is back and trains it."""
-    for branch, has_rgb in (("gaussians", False), ("colour_head", True)):
+    """appearance.branch=gaussians: the colour head is not evaluated, so it gets no gradient and colour cannot
+    shape the SDF; both / colour_head: the rgb term is back and trains it."""
+    for branch, has_rgb in (("gaussians", False), ("both", True), ("colour_head", True)):
         model, opt, bank, s, gen, far, inst = _build(scene, f"appearance.branch={branch}")
         v = train_step(model, opt, bank, s, 0, gen, far, inst)
         assert ("rgb" in v) == has_rgb, branch
