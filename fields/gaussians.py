@@ -138,7 +138,7 @@ class GaussianModel(nn.Module):
     def colors(self, cam_center: Tensor, idx: Tensor | None = None) -> Tensor:
         """Colour [N or len(idx), 3] seen from the camera centre [3] at the active SH degree."""
         means = self.means if idx is None else self.means[idx]
-        sh = self.sh() if idx is None else self.sh()[idx]
+        sh = self.sh() if idx is None else torch.cat([self.sh_dc[idx, None, :], self.sh_rest[idx]], dim=1)
         dirs = means - cam_center[None, :]
         dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return eval_sh(sh, dirs, int(self.active_degree))
@@ -148,9 +148,6 @@ class GaussianModel(nn.Module):
         for name, value in params.items():
             assert name in self.PARAMS
             setattr(self, name, nn.Parameter(value.detach().contiguous()))
-
-    def extra_state(self) -> dict:
-        return {"n": self.n, "sh_degree": self.sh_degree}
 
     @classmethod
     def from_state_dict(cls, state: dict, sh_degree: int) -> "GaussianModel":
@@ -454,7 +451,3 @@ def normal_rotation(normals: Tensor) -> Tensor:
     t2 = torch.linalg.cross(n, t1)
     R = torch.stack([t1, t2, n], dim=2)                                            # columns: x, y, z axes
     return rotmat_to_quat(R)
-
-
-def log_scale_for(sigma_m: float) -> float:
-    return math.log(sigma_m)

@@ -19,6 +19,7 @@ from recon.core.device import resolve_device
 from recon.core.settings import FitSettings
 from recon.data.scene import load_scene
 from recon.model.appearance import load_gaussians_ply
+from recon.postfit.mesh_raycast import load_mesh_caster
 from recon.train.runs import load_run_full, load_run_gaussians
 
 
@@ -30,6 +31,8 @@ class ViewRenderer:
         self.device = device
         self._log = log
         self._fields = None
+        self._scene = None
+        self._raycaster = None                                 # RUN/mesh.ply's ray caster, built at first use
         self.settings = load_config(FitSettings, self.run / "config.yaml")
         if (self.run / "gaussians.ply").is_file():            # written at the end of a fit: no checkpoint needed
             self.gaussians = load_gaussians_ply(self.run / "gaussians.ply", device=resolve_device(device))
@@ -59,10 +62,12 @@ class ViewRenderer:
 
     @property
     def scene(self):
-        if self._fields is None:
-            return load_scene(Path((self.run / "scene.txt").read_text().strip()),
-                              skip_bad_frames=self.settings.data.skip_bad_frames, check_images=False)
-        return self._fields[3]
+        if self._fields is not None:
+            return self._fields[3]
+        if self._scene is None:
+            self._scene = load_scene(Path((self.run / "scene.txt").read_text().strip()),
+                                     skip_bad_frames=self.settings.data.skip_bad_frames, check_images=False)
+        return self._scene
 
     @property
     def has_gaussians(self) -> bool:
@@ -92,15 +97,12 @@ class ViewRenderer:
         """Distance [R] along each unit ray to the surface (0 = none): ray casting RUN/mesh.ply where the run
         has it (fast), else the SDF's first zero crossing."""
         mesh = self.run / "mesh.ply"
-        if mesh.is_file():
-            import open3d as o3d
-            from recon.data.ply import read_ply
-            verts, faces, _, _ = read_ply(mesh)
-            scene = o3d.t.geometry.RaycastingScene()
-            scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
-            hit = scene.cast_rays(o3d.core.Tensor(torch.cat([origins, dirs], 1).numpy().astype(np.float32)))
-            t = torch.from_numpy(hit["t_hit"].numpy()).float()
-            return torch.where(torch.isfinite(t) & (t < far), t, torch.zeros_like(t))
+        if self._raycaster is None and mesh.is_file():
+            self._raycaster = load_mesh_caster(mesh)
+        if self._raycaster is not None:
+            t, hit, _, _ = self._raycaster.cast(origins.numpy(), dirs.numpy())          # unit dirs: t in metres
+            t = torch.from_numpy(t).float()
+            return torch.where(torch.from_numpy(hit) & (t < far), t, torch.zeros_like(t))
         s = self.settings
         return sdf_surface_depth(self.model, origins, dirs, s.render.near_m, far, chunk=s.render.chunk_rays)
 
