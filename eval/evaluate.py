@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from eval.appearance_reference import appearance_reference
+from eval.baselines.mesh_render import MeshColourRenderer
 from eval.baselines.tsdf import tsdf_fusion
 from eval.image_metrics import (LPIPS_MIN_SIZE, LPIPS_NOT_GIVEN, Lpips, LpipsWeightsError, depth_metrics, load_lpips,
                                 psnr, ssim)
@@ -256,6 +257,22 @@ def render_scores(renderer: ViewRenderer, scene: Scene, idx: list[int], lpips: L
             "lpips": round(float(np.mean(lps)), 4) if lps else None, "n_frames": len(idx), "seconds": seconds}
 
 
+def tsdf_rendering_metrics(b: dict, scene: Scene, split: str, block: dict, lpips: Lpips | None,
+                           progress: bool = True) -> dict:
+    """The TSDF-fusion mesh rendered with its fused vertex colours (eval/baselines/mesh_render.py) from the
+    frames the run's `rendering` block scored, with the same scores: the novel-view baseline."""
+    held, _ = rendering_frames(scene, split)
+    idx = held if block["frames"] == "heldout" else scene.split_indices("eval")
+    if b.get("colors") is None:
+        return {"absent": "the TSDF mesh has no vertex colours"}
+    r = render_scores(MeshColourRenderer(b["vertices"], b["faces"], b["colors"]), scene, idx, lpips, "render tsdf",
+                      progress)
+    out = {"frames": block["frames"], **{k: r[k] for k in ("n_frames", "psnr", "ssim", "depth_absrel",
+                                                          "depth_within_5cm", "depth_missing", "lpips")}}
+    out["render_fps"] = round(r["n_frames"] / max(r["seconds"], 1e-9), 2)
+    return out
+
+
 def rendering_metrics(run: Path, scene: Scene, split: str, view_renderer: ViewRendererFactory,
                       lpips: Lpips | None, log=print, progress: bool = True) -> dict | None:
     """The `rendering` block: the run's renders from the held-out poses (rendering_frames; every evaluation
@@ -289,6 +306,11 @@ def rendering_metrics(run: Path, scene: Scene, split: str, view_renderer: ViewRe
     if held and train:     # what the training images carry for these views (eval/appearance_reference.py)
         block["reference"] = appearance_reference(scene, held, train)
     block["torch_threads"] = torch.get_num_threads()
+    if renderer.has_gaussians and getattr(renderer, "backend", None):
+        block["backend"] = renderer.backend
+        if renderer.backend == "numba":
+            import numba
+            block["numba_threads"] = numba.get_num_threads()
     if held and train:
         n = min(len(train), len(held), TRAIN_FRAMES_FIELDS if not renderer.has_gaussians else len(held))
         pick = [train[int(k)] for k in np.linspace(0, len(train) - 1, n).round()]
@@ -403,6 +425,12 @@ def evaluate_run(run: Path, scene_dir: Path | None = None, baseline: bool = True
         block = rendering_metrics(run, scene, split, view_renderer, lpips, log, progress)
         if block is not None:
             metrics["rendering"] = block
+            if baseline:
+                if b is None:
+                    b = tsdf_baseline(scene, voxel, split if split in scene.splits else "train")
+                tb = metrics.setdefault("baselines", {}).setdefault(
+                    "tsdf_fusion", {"voxel_size_m": voxel, "seconds": round(b["seconds"], 2)})
+                tb["rendering"] = tsdf_rendering_metrics(b, scene, split, block, lpips, progress)
     if not scene.has_gt_images:
         log(f"{scene.root} has no gt/ label images: 2D panoptic, semantic and instance metrics skipped")
     elif not labels_2d:

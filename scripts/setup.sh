@@ -42,7 +42,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt -c requirements.lock
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, segment_anything, groundingdino.util.slconfig" \
+.venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, numba, segment_anything, groundingdino.util.slconfig" \
   || { echo "[setup] import check failed" >&2; exit 1; }
 echo "[setup] ready: .venv ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
 

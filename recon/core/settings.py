@@ -195,7 +195,7 @@ class AppearanceSettings:
     max_init_gaussians: int = 0          # keep at most this many initial Gaussians (random subset); 0 = all
     sh_degree: int = 3                   # spherical-harmonic degree of the colour
     sh_degree_every: int = 250           # the active SH degree rises by one every this many Gaussian steps
-    patch_px: int = 64                   # each step renders a random window of at most this many pixels square
+    patch_px: int = 96                   # each step renders a random window of at most this many pixels square
     steps_per_iter: int = 1              # Gaussian steps per fit iteration (0 = the branch is not trained)
     lambda_ssim: float = 0.2             # lambda1 of Eq. 34: L_rgb = (1 - l1) L1 + l1 (1 - SSIM) + l2 L_d
     lambda_depth: float = 0.1            # lambda2 of Eq. 34: splatted vs observed depth (L1, metres)
@@ -207,7 +207,7 @@ class AppearanceSettings:
     lr_opacity: float = 5e-2             # opacity logits
     lr_sh: float = 1e-2                  # SH degree 0; higher degrees use lr / 20 (3DGS's rates x 2-4: ~1000 steps, not 30k)
     tile_px: int = 0                     # rasteriser tile edge in pixels; 0 = the default (4, fields/gaussians.pick_tile)
-    backend: Literal["auto", "torch", "gsplat"] = "auto"  # rasteriser: auto = gsplat where CUDA and gsplat work, else torch
+    backend: Literal["auto", "torch", "numba", "gsplat"] = "auto"  # rasteriser: auto = gsplat on CUDA where it works, else numba (CPU), else torch
     densify: DensifyConfig = field(default_factory=DensifyConfig)  # clone / split / prune (fields/densify.py)
 
 

@@ -159,11 +159,11 @@ def appearance_loss(out: dict[str, Tensor], rgb_obs: Tensor, depth_obs_m: Tensor
 
 
 def render_patch(g: GaussianModel, bank: FrameBank, row: int, x0: int, y0: int, w: int, h: int,
-                 tile: int | None = None) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+                 tile: int | None = None, backend: str = "torch") -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Render a window of bank row `row`: (render output, observed rgb [h, w, 3] in [0, 1], observed
-    z-depth [h, w])."""
+    z-depth [h, w]). backend: "torch" or "numba" (the two that return what densification needs)."""
     K = patch_camera(torch.from_numpy(np.asarray(bank.K)).float(), x0, y0)
-    out = render_gaussians(g, K, bank.c2w[row], w, h, tile=tile)
+    out = render_gaussians(g, K, bank.c2w[row], w, h, tile=tile, backend=backend)
     H, W = bank.height, bank.width
     rgb = bank.rgb[row].reshape(H, W, 3)[y0:y0 + h, x0:x0 + w].float().to(g.means.device) / 255.0
     z = (bank.depth_ray_m[row] / bank.ray_scale).reshape(H, W)[y0:y0 + h, x0:x0 + w].to(g.means.device)

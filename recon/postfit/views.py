@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fields.gaussians import render_gaussians
+from fields.gaussians import render_gaussians, resolve_backend
 from recon.model.inference import render_rays, sdf_surface_depth
 from recon.model.sampling import RayBatch, camera_dirs, sample_along_rays
 from recon.core.config import load_config
@@ -38,13 +38,8 @@ class ViewRenderer:
             self.gaussians = load_gaussians_ply(self.run / "gaussians.ply", device=resolve_device(device))
         else:
             self.gaussians = load_run_gaussians(self.run, device=device, log=lambda m: None)
-        b = backend or self.settings.appearance.backend
-        if b == "auto":
-            b = "torch"
-            if self.gaussians is not None and self.gaussians.means.is_cuda:
-                from fields.raster_gsplat import gsplat_available
-                b = "gsplat" if gsplat_available()[0] else "torch"
-        self.backend = b
+        dev = self.gaussians.means.device if self.gaussians is not None else "cpu"
+        self.backend = resolve_backend(backend or self.settings.appearance.backend, dev)
 
     def _load_fields(self):
         if self._fields is None:

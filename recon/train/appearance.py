@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from fields.densify import DensifyStrategy
-from fields.gaussians import GaussianModel
+from fields.gaussians import GaussianModel, resolve_backend
 from recon.core.settings import AppearanceSettings, FitSettings
 from recon.model.appearance import appearance_loss, init_gaussians, random_patch, render_patch
 from recon.model.sampling import FrameBank
+from recon.train.selective_adam import SelectiveAdam
 
 
 @dataclass
@@ -34,12 +35,13 @@ LR_KEYS = {"means": "lr_means_m", "quats": "lr_quats", "log_scales": "lr_scales"
 
 
 def make_gaussian_optimizer(g: GaussianModel, a: AppearanceSettings) -> torch.optim.Optimizer:
-    """Adam with one group per parameter (3DGS's learning rates; SH above degree 0 at lr / 20)."""
+    """Adam with one group per parameter (3DGS's learning rates; SH above degree 0 at lr / 20), updating only
+    the rows a step rendered or tied (recon/train/selective_adam.py)."""
     groups = []
     for name in GaussianModel.PARAMS:
         lr = getattr(a, LR_KEYS[name]) / (20.0 if name == "sh_rest" else 1.0)
         groups.append({"params": [getattr(g, name)], "lr": lr, "name": name, "base_lr": lr})
-    return torch.optim.Adam(groups, eps=1e-15)
+    return SelectiveAdam(groups, eps=1e-15)
 
 
 def new_gaussian_state(bank: FrameBank, s: FitSettings, gen: torch.Generator, device, log=print) -> GaussianState:
@@ -84,10 +86,12 @@ def gaussian_step(gs: GaussianState, bank: FrameBank, s: FitSettings, it: int, g
     g.active_degree.fill_(min(a.sh_degree, gs.steps // a.sh_degree_every))
     set_gaussian_lr(gs, s, it)
     row, x0, y0, w, h = random_patch(bank, a.patch_px, gen)
-    out, rgb_obs, z_obs = render_patch(g, bank, row, x0, y0, w, h, tile=a.tile_px or None)
+    backend = "numba" if resolve_backend(a.backend, g.means.device) == "numba" else "torch"   # gsplat: renders only
+    out, rgb_obs, z_obs = render_patch(g, bank, row, x0, y0, w, h, tile=a.tile_px or None, backend=backend)
     out["uv"].retain_grad()
     terms = appearance_loss(out, rgb_obs, z_obs, a.lambda_ssim, a.lambda_depth)
     total = terms["gs_total"]
+    rows = [out["index"]]                                                           # what the step can move
     if sdf_fn is not None and a.w_sdf_tie > 0:
         idx = torch.randint(g.n, (min(g.n, 2048),), generator=gen).to(g.means.device)
         mu = g.means[idx]                                                              # [M, 3]
@@ -95,10 +99,11 @@ def gaussian_step(gs: GaussianState, bank: FrameBank, s: FitSettings, it: int, g
         tie = (sdf.abs() + (torch.sign(sdf)[:, None] * grad * (mu - mu.detach())).sum(1)).mean()
         terms["gs_sdf_tie"] = tie
         total = total + a.w_sdf_tie * tie
+        rows.append(idx)
     gs.opt.zero_grad(set_to_none=True)
     total.backward()
     gs.strategy.after_backward(g, out["uv"].grad, out["index"], out["visible"])
-    gs.opt.step()
+    gs.opt.step(torch.unique(torch.cat(rows)))
     gs.steps += 1
     gs.strategy.step(gs.steps, g, gs.opt, gen)
     vals = {k: float(v.detach()) for k, v in terms.items()}

@@ -173,7 +173,10 @@ def test_tiny_fit_with_the_real_view_renderer(tiny_run, monkeypatch):
     monkeypatch.delenv("RECON_LPIPS_WEIGHTS", raising=False)
     m = evaluate(tiny_run, baseline=False, fields=False, log=lambda *_: None)
     b = m["rendering"]
-    assert BLOCK_KEYS | {"lpips_absent", "train", "reference"} == set(b)
+    renderer_keys = {"backend", "numba_threads"} if b["source"] == "gaussians" else set()
+    assert BLOCK_KEYS | {"lpips_absent", "train", "reference"} | renderer_keys == set(b)
+    if b["source"] == "gaussians":
+        assert b["backend"] == "numba" and b["numba_threads"] >= 1        # the CPU default where Numba imports
     # the reprojection reference of the training images (eval/appearance_reference.py)
     assert b["reference"]["n_frames"] == 2 and b["reference"]["n_views"] == 4 and 0 < b["reference"]["seen"] <= 100
     renderer = views.load_view_renderer(tiny_run)
@@ -183,6 +186,17 @@ def test_tiny_fit_with_the_real_view_renderer(tiny_run, monkeypatch):
     assert 3.0 < b["psnr"] < 40.0 and -1.0 <= b["ssim"] < 0.99
     assert json.loads((tiny_run / "metrics.json").read_text())["rendering"] == b
     assert "rendering" not in evaluate(tiny_run, baseline=False, fields=False, rendering=False, log=lambda *_: None)
+
+
+def test_tsdf_baseline_renders_the_same_frames(tiny_run, monkeypatch):
+    """baselines.tsdf_fusion.rendering: the fused mesh's vertex colours from the held-out poses, same scores."""
+    from app.pipeline import evaluate
+    monkeypatch.setattr(eval.evaluate, "N_POINTS", 20_000)
+    m = evaluate(tiny_run, baseline=True, fields=False, log=lambda *_: None)
+    t = m["baselines"]["tsdf_fusion"]["rendering"]
+    assert t["frames"] == m["rendering"]["frames"] == "heldout" and t["n_frames"] == m["rendering"]["n_frames"]
+    # the TSDF of exact synthetic depth is close to the truth: a real image and mostly right depth
+    assert 10.0 < t["psnr"] < 60.0 and t["depth_absrel"] < 0.1 and t["render_fps"] > 0
 
 
 def test_gaussians_render_without_a_checkpoint(tiny_run, tmp_path):

@@ -8,6 +8,12 @@ from fields.gaussians import (EPS2D, SH_C0, SH_C1, GaussianModel, eval_sh, norma
                               project_gaussians, quat_to_rotmat, rasterize, render_gaussians, rotmat_to_quat,
                               rgb_to_sh_dc)
 
+from fields.raster_numba import numba_available
+
+# both CPU blending backends must pass the hand-computed cases (numba: fields/raster_numba.py)
+BLENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available()[0],
+                                                                  reason=numba_available()[1]))]
+
 K100 = torch.tensor([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]])
 EYE = torch.eye(4)
 IDQ = torch.tensor([[1.0, 0, 0, 0]])
@@ -51,10 +57,11 @@ def two_gaussians(front_first: bool):
     return uv[order], conic[order], z[order], r[order], feats[order], op[order]
 
 
+@pytest.mark.parametrize("blend", BLENDS)
 @pytest.mark.parametrize("front_first", [True, False])
 @pytest.mark.parametrize("tile", [4, 8, 16])
-def test_alpha_compositing_order_and_transmittance(front_first, tile):
-    img, alpha = rasterize(*two_gaussians(front_first), width=40, height=40, tile=tile)
+def test_alpha_compositing_order_and_transmittance(front_first, tile, blend):
+    img, alpha = rasterize(*two_gaussians(front_first), width=40, height=40, tile=tile, blend=blend)
     # C = a1 c1 + (1 - a1) a2 c2 = 0.5 red + 0.25 green; alpha = 1 - (1 - 0.5)(1 - 0.5) = 0.75
     assert torch.allclose(img[20, 20], torch.tensor([0.5, 0.25, 0.0]), atol=1e-6)
     assert float(alpha[20, 20]) == pytest.approx(0.75, abs=1e-6)
@@ -65,15 +72,16 @@ def test_alpha_compositing_order_and_transmittance(front_first, tile):
     assert float(alpha[0, 0]) == 0.0 and float(img[5, 35].abs().sum()) == 0.0
 
 
-def test_alpha_is_clamped_and_tiny_contributions_skipped():
+@pytest.mark.parametrize("blend", BLENDS)
+def test_alpha_is_clamped_and_tiny_contributions_skipped(blend):
     uv = torch.tensor([[2.0, 2.0]])
     img, alpha = rasterize(uv, torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([1.0]), torch.tensor([3.0]),
-                           torch.ones(1, 1), torch.tensor([1.0]), width=5, height=5, tile=4)
+                           torch.ones(1, 1), torch.tensor([1.0]), width=5, height=5, tile=4, blend=blend)
     assert float(alpha[2, 2]) == pytest.approx(0.99)
     # 1 * exp(-0.5 * (4 + 4)) = 0.018 >= 1/255 at (0, 0); exp(-0.5 * 13) = 0.0015 < 1/255 at (4, 5)...
     assert float(alpha[0, 0]) == pytest.approx(math.exp(-4.0), rel=1e-5)
     img2, alpha2 = rasterize(uv, torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([1.0]), torch.tensor([3.0]),
-                             torch.ones(1, 1), torch.tensor([0.01]), width=5, height=5, tile=4)
+                             torch.ones(1, 1), torch.tensor([0.01]), width=5, height=5, tile=4, blend=blend)
     assert float(alpha2[2, 2]) == pytest.approx(0.01)
     assert float(alpha2[2, 4]) == 0.0          # 0.01 exp(-2) < 1/255
 
@@ -119,13 +127,14 @@ def wall_and_floater(floater: bool = True) -> GaussianModel:
                          sh_degree=1)
 
 
-def test_gradients_reach_every_parameter():
+@pytest.mark.parametrize("blend", BLENDS)
+def test_gradients_reach_every_parameter(blend):
     g = wall_and_floater()
     g.active_degree.fill_(1)
     with torch.no_grad():
         g.sh_rest.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
         g.quats.add_(0.1 * torch.randn(g.n, 4, generator=torch.Generator().manual_seed(2)))
-    out = render_gaussians(g, torch.tensor([[60.0, 0, 20], [0, 60.0, 20], [0, 0, 1]]), EYE, 40, 40)
+    out = render_gaussians(g, torch.tensor([[60.0, 0, 20], [0, 60.0, 20], [0, 0, 1]]), EYE, 40, 40, backend=blend)
     target = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(3))
     ((out["rgb"] - target).abs().mean() + out["depth_raw"].mean()).backward()
     for name in GaussianModel.PARAMS:
@@ -133,14 +142,15 @@ def test_gradients_reach_every_parameter():
         assert grad is not None and float(grad.abs().sum()) > 0, name
 
 
-def test_depth_term_pulls_a_floater_back_onto_the_surface():
+@pytest.mark.parametrize("blend", BLENDS)
+def test_depth_term_pulls_a_floater_back_onto_the_surface(blend):
     g = wall_and_floater()
     K = torch.tensor([[60.0, 0, 20], [0, 60.0, 20], [0, 0, 1]])
     opt = torch.optim.Adam([g.means, g.opacity_logits, g.log_scales], lr=2e-2)
-    before = render_gaussians(g, K, EYE, 40, 40)["depth_m"].detach()
+    before = render_gaussians(g, K, EYE, 40, 40, backend=blend)["depth_m"].detach()
     assert float(before[20, 20]) < 1.6                      # the floater shows in the depth
     for _ in range(150):
-        out = render_gaussians(g, K, EYE, 40, 40)
+        out = render_gaussians(g, K, EYE, 40, 40, backend=blend)
         loss = (out["depth_raw"] - 2.0).abs().mean()
         opt.zero_grad()
         loss.backward()
@@ -148,7 +158,7 @@ def test_depth_term_pulls_a_floater_back_onto_the_surface():
         g.opacity_logits.grad[:-1] = 0
         g.log_scales.grad[:-1] = 0
         opt.step()
-    after = render_gaussians(g, K, EYE, 40, 40)["depth_m"].detach()
+    after = render_gaussians(g, K, EYE, 40, 40, backend=blend)["depth_m"].detach()
     assert abs(float(after[20, 20]) - 2.0) < 0.05
 
 
@@ -161,13 +171,14 @@ def test_patch_camera_renders_the_same_pixels():
     assert torch.allclose(part, full[12:24, 8:24], atol=1e-5)
 
 
-def test_render_is_deterministic_and_tile_independent():
+@pytest.mark.parametrize("blend", BLENDS)
+def test_render_is_deterministic_and_tile_independent(blend):
     g = wall_and_floater()
     K = torch.tensor([[60.0, 0, 20], [0, 60.0, 20], [0, 0, 1]])
     with torch.no_grad():
-        a = render_gaussians(g, K, EYE, 40, 40, tile=4)
-        b = render_gaussians(g, K, EYE, 40, 40, tile=4)
-        c = render_gaussians(g, K, EYE, 40, 40, tile=16)
+        a = render_gaussians(g, K, EYE, 40, 40, tile=4, backend=blend)
+        b = render_gaussians(g, K, EYE, 40, 40, tile=4, backend=blend)
+        c = render_gaussians(g, K, EYE, 40, 40, tile=16, backend=blend)
     assert torch.equal(a["rgb"], b["rgb"])
     assert torch.allclose(a["rgb"], c["rgb"], atol=1e-5) and torch.allclose(a["depth_m"], c["depth_m"], atol=1e-4)
 
