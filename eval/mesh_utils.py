@@ -77,11 +77,12 @@ def make_raycasting_scene(vertices: np.ndarray, faces: np.ndarray):
     return scene
 
 
-def cast_rays(scene, origins_w: np.ndarray, dirs_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cast_rays(scene, origins_w: np.ndarray, dirs_w: np.ndarray, return_uvs: bool = False):
     """Cast rays [N,3]+[N,3] into a RaycastingScene.
 
     Returns t_hit [N] float64 (distance in units of |dir|, inf = miss) and
-    triangle_id [N] int64 (-1 = miss).
+    triangle_id [N] int64 (-1 = miss); with return_uvs also uv [N, 2] float64, Open3D's barycentric
+    weights of the hit triangle's vertices 1 and 2 (vertex 0 has 1 - u - v).
     """
     import open3d as o3d
 
@@ -93,6 +94,8 @@ def cast_rays(scene, origins_w: np.ndarray, dirs_w: np.ndarray) -> tuple[np.ndar
     hit = np.isfinite(t_hit)
     triangle_id = np.where(hit, prim, INVALID_TRIANGLE_ID)
     t_hit = np.where(hit, t_hit, np.inf)
+    if return_uvs:
+        return t_hit, triangle_id, out["primitive_uvs"].numpy().astype(np.float64)
     return t_hit, triangle_id
 
 

@@ -175,7 +175,7 @@ class BlendNumba(torch.autograd.Function):
         d_uv, d_conic = np.zeros((P, 2), npdt), np.zeros((P, 3), npdt)
         d_op, d_feat = np.zeros(P, npdt), np.zeros((P, C), npdt)
         _backward_kernel(uv, conic, opac, feat, pair_g, tile_start, ctx.ntx, ctx.tile, ctx.t_end, ctx.n_done,
-                         _np(g_out.to(feat_dtype(npdt))), _np(g_acc.to(feat_dtype(npdt))), d_uv, d_conic, d_op, d_feat)
+                         _np(g_out.to(_torch_dtype(npdt))), _np(g_acc.to(_torch_dtype(npdt))), d_uv, d_conic, d_op, d_feat)
         uv_shape, conic_shape, op_shape, feat_shape, uv_dt, conic_dt, op_dt = ctx.shapes
         dev = g_out.device
         gi = g.to(dev)
@@ -186,5 +186,5 @@ class BlendNumba(torch.autograd.Function):
                 gather(feat_shape, g_out.dtype, d_feat), None, None, None, None, None)
 
 
-def feat_dtype(npdt) -> torch.dtype:
+def _torch_dtype(npdt) -> torch.dtype:
     return torch.float64 if npdt == np.float64 else torch.float32

@@ -28,6 +28,13 @@ class GaussianState:
     opt: torch.optim.Optimizer
     strategy: DensifyStrategy
     steps: int = 0                       # Gaussian steps taken (the SH degree and densify schedule)
+    backend: str = "torch"               # training rasteriser: "numba" or "torch" (training_backend)
+
+
+def training_backend(a: AppearanceSettings, device) -> str:
+    """The rasteriser the Gaussian steps use: appearance.backend resolved for `device`; gsplat only renders
+    (it gives no screen-space gradients for densification), so it trains with torch."""
+    return "numba" if resolve_backend(a.backend, device) == "numba" else "torch"
 
 
 LR_KEYS = {"means": "lr_means_m", "quats": "lr_quats", "log_scales": "lr_scales",
@@ -49,7 +56,8 @@ def new_gaussian_state(bank: FrameBank, s: FitSettings, gen: torch.Generator, de
     g = init_gaussians(bank, a.init_voxel_m, a.sh_degree, opacity=a.init_opacity, thin_ratio=a.thin_ratio,
                        footprint_factor=a.footprint_factor, max_gaussians=a.max_init_gaussians, gen=gen).to(device)
     log(f"appearance: {g.n} Gaussians from the training frames' depth (finest voxel {a.init_voxel_m} m)")
-    return GaussianState(g, make_gaussian_optimizer(g, a), DensifyStrategy(a.densify, log=log))
+    return GaussianState(g, make_gaussian_optimizer(g, a), DensifyStrategy(a.densify, log=log),
+                         backend=training_backend(a, g.means.device))
 
 
 def restore_gaussian_state(state: dict, s: FitSettings, device, log=print) -> GaussianState:
@@ -58,7 +66,7 @@ def restore_gaussian_state(state: dict, s: FitSettings, device, log=print) -> Ga
     opt.load_state_dict(state["optimizer"])
     strategy = DensifyStrategy(s.appearance.densify, log=log)
     strategy.load_state_dict(state["strategy"])
-    return GaussianState(g, opt, strategy, int(state["steps"]))
+    return GaussianState(g, opt, strategy, int(state["steps"]), backend=training_backend(s.appearance, g.means.device))
 
 
 def gaussian_state_dict(gs: GaussianState) -> dict:
@@ -86,8 +94,7 @@ def gaussian_step(gs: GaussianState, bank: FrameBank, s: FitSettings, it: int, g
     g.active_degree.fill_(min(a.sh_degree, gs.steps // a.sh_degree_every))
     set_gaussian_lr(gs, s, it)
     row, x0, y0, w, h = random_patch(bank, a.patch_px, gen)
-    backend = "numba" if resolve_backend(a.backend, g.means.device) == "numba" else "torch"   # gsplat: renders only
-    out, rgb_obs, z_obs = render_patch(g, bank, row, x0, y0, w, h, tile=a.tile_px or None, backend=backend)
+    out, rgb_obs, z_obs = render_patch(g, bank, row, x0, y0, w, h, tile=a.tile_px or None, backend=gs.backend)
     out["uv"].retain_grad()
     terms = appearance_loss(out, rgb_obs, z_obs, a.lambda_ssim, a.lambda_depth)
     total = terms["gs_total"]
