@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +187,11 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                mininterval=1.0)
     done = start_it
     vals: dict[str, float] = {}
+    # Ctrl-C sets a flag checked after each iteration: a KeyboardInterrupt raised inside compiled code or an
+    # autograd Function (the numba rasteriser) could otherwise be swallowed there and the fit keep running
+    sigint: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    prev_handler = signal.signal(signal.SIGINT, lambda *_: sigint.append(1)) if main else None
     try:
         for it in range(start_it, end):
             for g, base in zip(opt.param_groups, (s.train.lr_grid, s.train.lr_mlp)):
@@ -208,6 +215,8 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                                  if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens", "gs_l1",
                                           "gaussians")})
             bar.update(1)
+            if sigint:
+                raise KeyboardInterrupt
             if steppers:
                 run_callbacks("on_step_end", done, vals, only=steppers)
             if done % s.train.checkpoint_every == 0 and done < s.train.iters:
@@ -215,12 +224,20 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                                 keep=s.train.keep_checkpoints, appearance=ckpt_appearance())
                 fault_point("training")
     except KeyboardInterrupt:
+        if main:
+            signal.signal(signal.SIGINT, prev_handler)
         bar.close()
         save_checkpoint(run, done, model, opt, gen, fit_seconds + time.perf_counter() - t0, inst,
                         keep=s.train.keep_checkpoints, appearance=ckpt_appearance())
         log.info(f"interrupted after iteration {done}: checkpoint saved; continue with 'fit --resume'")
         log.close()
         raise
+    except BaseException:
+        if main:
+            signal.signal(signal.SIGINT, prev_handler)
+        raise
+    if main:
+        signal.signal(signal.SIGINT, prev_handler)
     bar.close()
     synchronize(dev)
     fit_seconds += time.perf_counter() - t0
