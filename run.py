@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from app import CONFIGS
-DATASET_KINDS = ("replica-nice-slam", "replica-semantic-nerf", "scannet", "scannetpp", "7scenes")  # readers.READERS
+DATASET_KINDS = ("replica-nice-slam", "replica-semantic-nerf", "scannet", "scannetpp", "7scenes",
+                 "nerfstudio", "record3d", "realsense")  # readers.READERS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -54,6 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--skip-bad-frames", action="store_true", help="drop frames with bad poses (with a warning)")
     f.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. train.iters=2000")
 
+    pr = sub.add_parser("profile", help="fit a scene with a per-stage profile (where the training time goes)",
+                        description="Fit SCENE into OUT/run while profiling one window of iterations per phase of "
+                                    "the schedule (torch.profiler; stages: ray sampling, hash grid, mlp, rendering, "
+                                    "token branch, hungarian, losses, backward per stage, optimizer, python, ...) "
+                                    "and timing the post-fit steps; prints the table and writes OUT/profile.json "
+                                    "and OUT/profile.png. See recon/train/profile.py.")
+    pr.add_argument("--scene", type=Path, required=True, help="scene folder")
+    pr.add_argument("--out", type=Path, required=True, help="folder for the profile and its run")
+    pr.add_argument("--config", type=Path, default=CONFIGS / "quick.yaml", help="YAML settings file")
+    pr.add_argument("--window", type=int, default=10, help="iterations profiled per phase (as many timed before)")
+    pr.add_argument("--force", action="store_true", help="replace OUT/run")
+    pr.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
+
+    fm = sub.add_parser("fit-many", help="fit many scene folders with the same settings (optionally on Ray)",
+                        description="Fit every scene folder a glob matches into OUT/<scene name>/, one `fit` process "
+                                    "each, sequentially or as Ray tasks (--ray: a local Ray instance, or a cluster "
+                                    "ADDRESS). Resumable; OUT/fit_many.json lists each scene's status. See "
+                                    "app/fit_many.py.")
+    fm.add_argument("--scenes", required=True, metavar="GLOB", help="scene folders, e.g. 'data/scenes/*' (quote it)")
+    fm.add_argument("--out", type=Path, required=True, help="folder for the run folders")
+    fm.add_argument("--config", type=Path, default=CONFIGS / "quick.yaml", help="YAML settings file")
+    fm.add_argument("--force", action="store_true", help="refit scenes already done and replace runs with other settings")
+    fm.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the fits as Ray tasks: without ADDRESS on a local Ray instance, else on that cluster")
+    fm.add_argument("--ray-cpus", type=int, default=None,
+                    help="local Ray: CPUs to offer (default all); each fit asks for train.threads of them")
+    fm.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides, e.g. train.threads=1")
+
     e = sub.add_parser("eval", help="evaluate a run against the scene's ground truth (RUN/metrics.json)",
                        description="Evaluate a fitted run: geometry against the GT mesh (and the TSDF baseline), "
                                    "semantics at the GT mesh vertices, 2D panoptic labels, and the rendering block "
@@ -73,14 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(alexnet-owt-7be5be79.pth) or a full LPIPS 'alex' checkpoint (default: the "
                         "RECON_LPIPS_WEIGHTS environment variable; without either, lpips is null). Never downloads")
 
-    x = sub.add_parser("export", help="export a run (gazebo | ply | glb | obj)",
+    x = sub.add_parser("export", help="export a run (gazebo | usd | urdf | ply | glb | obj)",
                        description="Export a fitted run: 'gazebo' writes an SDFormat world with one static model per "
-                                   "thing instance plus 'environment'; 'ply', 'glb', 'obj' write the panoptic mesh "
+                                   "thing instance plus 'environment'; 'usd' one OpenUSD stage for Isaac Sim (a prim "
+                                   "per instance with semantic class labels and PhysX colliders); 'urdf' one fixed "
+                                   "robot with a link per instance; 'ply', 'glb', 'obj' write the panoptic mesh "
                                    "and one file per instance. See recon/export/.")
     x.add_argument("--run", type=Path, required=True, help="run folder")
-    x.add_argument("--format", choices=["gazebo", "ply", "glb", "obj"], required=True)
+    x.add_argument("--format", choices=["gazebo", "usd", "urdf", "ply", "glb", "obj"], required=True)
     x.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/FORMAT)")
-    x.add_argument("--collision-faces", type=int, default=2000, help="gazebo: face budget of each collision mesh")
+    x.add_argument("--collision-faces", type=int, default=2000,
+                   help="gazebo, usd, urdf: face budget of each object's collision shape(s)")
+    x.add_argument("--collision", choices=["auto", "coacd"], default="auto",
+                   help="gazebo, usd, urdf: collision shapes of the objects: 'auto' one simplified mesh (closed "
+                        "surface, voxel shell or convex hull; recon/export/collision.py), 'coacd' a convex "
+                        "decomposition by CoACD (slower: seconds per object)")
+    x.add_argument("--rigid-bodies", action="store_true",
+                   help="usd: make the objects dynamic rigid bodies (default: a static scene)")
     x.add_argument("--color-by", choices=["rgb", "semantic", "instance"], default="rgb",
                    help="vertex colours: appearance, class colour, or instance colour (stuff by class)")
 
@@ -115,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fields / compare: find each ray's surface on the mesh where it hits (default), or search "
                         "the SDF for every ray (independent of the mesh, about 4x slower)")
 
+    w = sub.add_parser("view", help="browse a run in the web browser (mesh, cameras, instances, legend)",
+                       description="Serve an interactive 3D viewer of a run folder (viser): the panoptic mesh coloured "
+                                   "by RGB / class / instance, the scene's cameras with their images, the instance "
+                                   "list (click to highlight and frame one), the legend, and where RUN/gaussians.ply "
+                                   "exists a render of the Gaussians from the viewer's camera. Prints the URL and "
+                                   "runs until Ctrl-C. See app/viewer.py.")
+    w.add_argument("--run", type=Path, required=True, help="run folder")
+    w.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; the next free one if busy)")
+    w.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only, reach it from elsewhere with "
+                        "ssh -L; 0.0.0.0: every interface)")
+
     m = sub.add_parser("merge-fragments", help="merge small same-class fragment instances of a finished run",
                        description="Post-process a finished run (no model needed): a small instance merges into the "
                                    "same-class instance it touches on the mesh (recon/postfit/fragments.py); rewrites "
@@ -135,6 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run", type=Path, required=True)
     c.add_argument("--front-margin", type=float, default=None,
                    help="metres in front of the observed depth (default: the run's setting, 0.05)")
+
+    q = sub.add_parser("query", help="find objects of a run by name: 'where are the chairs?'",
+                       description="List the instances of a finished run that a text names: by class name, by the "
+                                   "prompt tables' synonyms (configs/prompts/), and, after `run.py embed`, by CLIP "
+                                   "similarity for free text. Reads the run folder only. See recon/postfit/query.py.")
+    q.add_argument("--run", type=Path, required=True)
+    q.add_argument("text", help="what to look for, e.g. chair, couch, 'something to sit on' (free text needs embed)")
+    q.add_argument("--near", default=None, metavar="X,Y,Z", help="sort by distance from this point (metres, scene frame)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--top", type=int, default=5, help="free-text (CLIP) queries: how many instances to list")
+    q.add_argument("--prompts", type=Path, action="append", default=None,
+                   help="prompt table(s) for synonyms (default: every table in configs/prompts/)")
+    q.add_argument("--clip-checkpoint", type=Path, default=None,
+                   help="CLIP weights (default: the path RUN/language.json recorded)")
+    q.add_argument("--device", default="cpu", help="cpu | cuda[:N] for the CLIP text encoder")
+
+    em = sub.add_parser("embed", help="CLIP language features of a run's instances (for free-text queries)",
+                        description="Embed each instance's best-seen crops of the training frames with CLIP "
+                                    "(open-clip-torch, weights from a path you give; nothing is downloaded) into "
+                                    "RUN/language.npz. See recon/postfit/language.py.")
+    em.add_argument("--run", type=Path, required=True)
+    em.add_argument("--clip-checkpoint", type=Path, required=True, help="CLIP weights file (e.g. ViT-B-32.pt)")
+    em.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name of the weights (default ViT-B-32)")
+    em.add_argument("--crops", type=int, default=3, help="best-seen crops averaged per instance (default 3)")
+    em.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
 
     g = sub.add_parser("segment", help="make 2D masks for a scene (Grounded-SAM or the simulator)",
                        description="Make masks/ (and classes.json) for a scene folder with Grounded-SAM "
@@ -157,16 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=2, help="frames per model call")
     g.add_argument("--force", action="store_true", help="replace existing masks/ and discard a partial run")
 
-    c = sub.add_parser("convert", help="convert a dataset (Replica, ScanNet, ScanNet++, 7-Scenes) into a scene folder",
-                       description="Convert one sequence of a public RGB-D dataset into the scene format. Each "
-                                   "reader's layout and conventions: recon/data/readers/<kind>.py.")
+    c = sub.add_parser("convert", help="convert a dataset (Replica, ScanNet, ScanNet++, 7-Scenes) or your own capture "
+                                       "(nerfstudio, Record3D, RealSense) into a scene folder",
+                       description="Convert one sequence of a public RGB-D dataset, or your own capture, into the "
+                                   "scene format. Each reader's layout and conventions: "
+                                   "recon/data/readers/<kind>.py.")
     c.add_argument("--from", dest="kind", required=True, choices=DATASET_KINDS, help="dataset kind")
-    c.add_argument("src", type=Path, help="the dataset's scene / sequence folder")
+    c.add_argument("src", type=Path, help="the dataset's scene / sequence folder (record3d: .r3d file or folder; "
+                                          "realsense: .bag / .db3 file; nerfstudio: folder or its transforms.json)")
     c.add_argument("--out", type=Path, required=True, help="scene folder to write")
     c.add_argument("--stride", type=int, default=1, help="keep every Nth frame (default 1)")
     c.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     c.add_argument("--force", action="store_true", help="replace an existing scene folder")
-    c.add_argument("--skip-bad-frames", action="store_true", help="drop frames with bad poses (with a warning)")
+    c.add_argument("--skip-bad-frames", action="store_true",
+                   help="drop frames with bad poses, missing files or (realsense) lost tracking, with a warning")
     c.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), default=None,
                    help="override the (depth) camera intrinsics")
     c.add_argument("--color-intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), default=None,
@@ -178,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-gt", action="store_true", help="write no ground truth (labels, mesh)")
     c.add_argument("--holdout-every", type=int, default=0,
                    help="hold every Nth frame out of training (splits.json; e.g. 5); 0 = train on all")
+    c.add_argument("--size", default=None, metavar="WxH",
+                   help="resize the written frames (colour area / bilinear, depth nearest, K scaled)")
+    c.add_argument("--max-depth-m", type=float, default=None, metavar="M",
+                   help="treat depth beyond M metres as invalid")
+    c.add_argument("--depth-unit-scale-factor", type=float, default=None, metavar="S",
+                   help="nerfstudio: metres per stored depth unit (default 0.001, millimetre PNGs)")
+    c.add_argument("--min-confidence", type=int, default=None, choices=(0, 1, 2),
+                   help="record3d: keep depth of at least this ARKit confidence (0 low, 1 medium, 2 high; default 2)")
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")
@@ -190,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep finished fits' checkpoints/ (by default deleted once a cell is done)")
     b.add_argument("--report-only", action="store_true",
                    help="compute nothing: rebuild results.json and report.md from the cells in --out")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the cells as Ray tasks: without ADDRESS on a local Ray instance, else on that cluster")
+    b.add_argument("--ray-cpus", type=int, default=None,
+                   help="local Ray: CPUs to offer (default all); each fit cell asks for its train.threads")
     b.add_argument("--publish", action="store_true",
                    help="also write BENCHMARKS.md and docs/bench/ (plots, results.json) in the repository")
 

@@ -21,6 +21,7 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The library's exceptions that describe a problem with the user's input or settings."""
     from app.bench.suites import BenchError
+    from app.fit_many import FitManyError
     from eval.evaluate import EvalError
     from recon.core.config import ConfigError
     from recon.core.device import DeviceError
@@ -28,10 +29,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from recon.data.readers.common import ReaderError
     from recon.data.scene import SceneError
     from recon.export.run_data import ExportError
+    from recon.postfit.language import LanguageError
+    from recon.postfit.query import QueryError
     from recon.postfit.renders import RenderError
     from recon.train.memory import FitMemoryError
+    from recon.train.profile import ProfileError
     return (ConfigError, SceneError, ReaderError, ExportError, DeviceError, FitMemoryError, BenchError, EvalError,
-            GsamUnavailable, RenderError, OSError)   # OSError: missing / unwritable paths, a full disk (path named)
+            GsamUnavailable, RenderError, QueryError, LanguageError, FitManyError, ProfileError,
+            OSError)   # OSError: missing / unwritable paths, a full disk (path named)
 
 
 def _guard(fn):
@@ -83,7 +88,9 @@ def cmd_convert(args) -> int:
     convert(args.kind, args.src, args.out, args.stride, args.max_frames, args.force,
             skip_bad_frames=args.skip_bad_frames, intrinsics=args.intrinsics,
             color_intrinsics=args.color_intrinsics, resolution=args.resolution, class_names=args.class_names,
-            label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt, holdout_every=args.holdout_every)
+            label_map=args.label_map, mesh=args.mesh, no_gt=args.no_gt, holdout_every=args.holdout_every,
+            size=args.size, max_depth_m=args.max_depth_m, depth_unit_scale_factor=args.depth_unit_scale_factor,
+            min_confidence=args.min_confidence)
     return 0
 
 
@@ -97,6 +104,26 @@ def cmd_fit(args) -> int:
         s.data.skip_bad_frames = True
     fit_scene(args.scene, args.out, s, resume=args.resume, force=args.force)
     return 0
+
+
+@_guard
+def cmd_profile(args) -> int:
+    from app.pipeline import profile_fit
+    from recon.core.config import load_config
+    from recon.core.settings import FitSettings
+    if args.window < 1:
+        raise UserError(f"--window must be at least 1, got {args.window}")
+    profile_fit(args.scene, args.out, load_config(FitSettings, args.config, args.overrides), window=args.window,
+                force=args.force)
+    return 0
+
+
+@_guard
+def cmd_fit_many(args) -> int:
+    from app.fit_many import fit_many
+    summary = fit_many(args.scenes, args.out, args.config, args.overrides, ray_address=args.ray,
+                       ray_cpus=args.ray_cpus, force=args.force)
+    return 0 if all(r["status"] == "done" for r in summary["scenes"].values()) else 1
 
 
 @_guard
@@ -143,6 +170,32 @@ def cmd_cull_mesh(args) -> int:
 
 
 @_guard
+def cmd_query(args) -> int:
+    from recon.postfit.language import text_similarity
+    from recon.postfit.query import (format_hits, parse_point, prompt_tables, query_instances, read_instances,
+                                     synonym_table)
+    near = parse_point(args.near) if args.near is not None else None
+    tables = args.prompts if args.prompts else sorted((CONFIGS / "prompts").glob("*.yaml"))
+    synonyms = synonym_table(prompt_tables(tables))
+    instances = read_instances(args.run)
+    sims = text_similarity(args.run, args.text, args.clip_checkpoint, args.device)
+    hits = query_instances(instances, args.text, synonyms, near=near, similarity=sims, top=args.top)
+    if args.json:
+        print(json.dumps({"query": args.text, "near": None if near is None else near.tolist(),
+                          "language_features": sims is not None, "instances": [h.to_dict() for h in hits]}, indent=1))
+    else:
+        print(format_hits(hits, args.text))
+    return 0
+
+
+@_guard
+def cmd_embed(args) -> int:
+    from recon.postfit.language import embed_run
+    embed_run(args.run, args.clip_checkpoint, args.clip_model, args.crops, args.device)
+    return 0
+
+
+@_guard
 def cmd_render(args) -> int:
     from recon.postfit.renders import render_run_images
     render_run_images(args.run, args.frames, poses_file=args.poses, orbit=args.orbit, path=args.path, what=args.what,
@@ -152,9 +205,19 @@ def cmd_render(args) -> int:
 
 
 @_guard
+def cmd_view(args) -> int:
+    from app.viewer import ViewerError, serve
+    try:
+        return serve(args.run, host=args.host, port=args.port)
+    except ViewerError as exc:
+        raise UserError(str(exc)) from exc
+
+
+@_guard
 def cmd_export(args) -> int:
     from recon.export.run_export import export_run
-    export_run(args.run, args.format, args.out, args.collision_faces, args.color_by)
+    export_run(args.run, args.format, args.out, args.collision_faces, args.color_by, collision=args.collision,
+               rigid_bodies=args.rigid_bodies)
     return 0
 
 
@@ -180,6 +243,7 @@ def cmd_bench(args) -> int:
     else:
         try:
             results = run_suite(suite, out, force=args.force, only=args.only, keep_checkpoints=args.keep_checkpoints,
+                                ray_address=args.ray, ray_cpus=args.ray_cpus,
                                 log=say)
         except KeyboardInterrupt:
             say(f"interrupted: finished cells are kept in {out / 'cells'}; run the same command again to "

@@ -28,6 +28,47 @@ def fit_scene(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = Fals
                callbacks=[*extra_callbacks, *default_postfit()])
 
 
+def profile_fit(scene_dir: Path, out: Path, s: FitSettings, *, window: int = 10, force: bool = False,
+                progress: bool = True, log=print) -> dict:
+    """Fit `scene_dir` into OUT/run with the per-stage profiler (recon/train/profile.py) and the post-fit
+    callbacks timed; writes OUT/profile.json and OUT/profile.png and returns the profile."""
+    import json
+
+    from recon.core.io import atomic_write_text
+    from recon.train.profile import FitProfiler, TimedCallback, format_profile, summarise
+    out = Path(out)
+    prof = FitProfiler(s, window)
+    post = [TimedCallback(cb) for cb in default_postfit()]
+    res = fit(scene_dir, out / "run", s, force=force, progress=progress, callbacks=[prof, *post])
+    p = summarise(prof, post, res.fit_seconds)
+    p["scene"], p["run"] = str(Path(scene_dir).resolve()), str((out / "run").resolve())
+    atomic_write_text(out / "profile.json", json.dumps(p, indent=1) + "\n")
+    _profile_plot(p, out / "profile.png")
+    log(format_profile(p))
+    log(f"wrote {out / 'profile.json'} and {out / 'profile.png'}")
+    return p
+
+
+def _profile_plot(p: dict, path: Path) -> None:
+    """Horizontal bars: the fit's estimated seconds per stage, post-fit callbacks in grey."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recon.core.io import atomic_file
+    items = list(p["stages_s"].items())[::-1]
+    post = list(p["post_fit_s"].items())[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * (len(items) + len(post)) + 1.2))
+    ax.barh([f"post-fit: {k}" for k, _ in post], [v for _, v in post], color="0.6")
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlabel("seconds (training: estimated from one profiled window per phase)")
+    ax.set_title(f"fit profile: training {p['training_estimate_s']:.0f} s estimated")
+    fig.tight_layout()
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
 def evaluate(run: Path, scene_dir: Path | None = None, *, baseline: bool = True, fields: bool = True,
              rendering: bool = True, lpips_weights: Path | None = None, log=print) -> dict:
     """eval.evaluate.evaluate_run with the field query of recon/postfit (labels at the GT vertices) and the

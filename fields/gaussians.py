@@ -18,8 +18,6 @@ pixel centre, i.e. pixel index u sits at image coordinate u (recon/model/samplin
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -213,7 +211,8 @@ def _tile_pairs(uv: Tensor, z: Tensor, radius: Tensor, width: int, height: int, 
     """(g [P] Gaussian of each pair, tid [P] its tile) sorted by tile, then front to back; n_tiles, ntx, nty."""
     dev = uv.device
     ntx, nty = (width + tile - 1) // tile, (height + tile - 1) // tile
-    vis = torch.nonzero(radius.reshape(len(radius), -1).amin(1) > 0).squeeze(1)
+    r2 = radius if radius.ndim > 1 else radius[:, None]                             # [N, 1 or 2]
+    vis = torch.nonzero(r2.amin(1) > 0).squeeze(1)
     vis = vis[torch.argsort(z.detach()[vis])]                                       # front to back
     u, v = uv[vis, 0].detach(), uv[vis, 1].detach()
     rx, ry = (radius[vis], radius[vis]) if radius.ndim == 1 else (radius[vis, 0], radius[vis, 1])

@@ -59,6 +59,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fields.stages import stage
+
 PRIME_Y = 2654435761
 PRIME_Z = 805459861
 
@@ -274,7 +276,8 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x01: Tensor) -> Tensor:
         assert x01.dim() == 2 and x01.shape[1] == 3, f"x01 must be [N, 3], got {tuple(x01.shape)}"
-        out = self._encode(x01.float())
+        with stage("hash grid"):
+            out = self._encode(x01.float())
         assert out.shape == (x01.shape[0], self.out_dim)
         return out
 
@@ -303,7 +306,8 @@ class TcnnHashGridEncoding(nn.Module):
 
     def forward(self, x01: Tensor) -> Tensor:
         assert x01.dim() == 2 and x01.shape[1] == 3, f"x01 must be [N, 3], got {tuple(x01.shape)}"
-        return self.encoding(x01.clamp(0.0, 1.0)).float()
+        with stage("hash grid"):
+            return self.encoding(x01.clamp(0.0, 1.0)).float()
 
 
 def tcnn_available() -> tuple[bool, str]:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from fields.hashgrid import HashGridConfig, make_hash_grid
+from fields.stages import stage
 
 SOFTPLUS_BETA = 100.0  # softplus(beta=100) ~ ReLU but smooth: second derivatives for the eikonal term
 
@@ -53,10 +54,11 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         assert x.dim() == 2 and x.shape[1] == self.in_dim, f"expected [N, {self.in_dim}], got {tuple(x.shape)}"
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.act(x)
+        with stage("mlp"):
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                if i < len(self.layers) - 1:
+                    x = self.act(x)
         return x
 
 

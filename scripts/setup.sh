@@ -26,6 +26,18 @@ if ! pkg-config --exists sdformat12 2>/dev/null || ! command -v g++ >/dev/null; 
   fi
 fi
 
+# Headless Chromium and its WebDriver: the viewer's browser test (tests/app/test_viewer.py) opens `run.py view`
+# in a real browser. About 300 MB; skipped with a note when not root (the test then skips, except in CI).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian's chromium and chromium-driver (the viewer's browser test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null
+  else
+    echo "[setup] note: the viewer's browser test skips without chromium chromium-driver (apt-get install)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
@@ -42,7 +54,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt -c requirements.lock
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, numba, segment_anything, groundingdino.util.slconfig" \
+.venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, numba, segment_anything, groundingdino.util.slconfig, lzfse, pyrealsense2, viser, open_clip, pxr, yourdfpy, coacd, ray" \
   || { echo "[setup] import check failed" >&2; exit 1; }
 echo "[setup] ready: .venv ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
 

@@ -22,7 +22,8 @@ from app.bench.records import git_info, json_clean, machine_info, summary_of
 from app.bench.references import ensure_references
 from app.bench.report import write_report
 from app.bench.results import collect_results, write_results
-from app.bench.suites import BenchError, Suite, suite_cells
+from app.bench.suites import BenchError, Cell, Suite, suite_cells
+from app.executor import Task
 from recon.core.io import atomic_write_text
 
 
@@ -68,8 +69,27 @@ def run_cell_process(cell_dir: Path, echo: bool = True, progress: bool = True) -
     return rec
 
 
+def cell_resources(cell_dir: Path) -> dict:
+    """Ray resources of a prepared cell: a fit asks for its train.threads CPUs (0 = every core of this machine)
+    and a GPU where train.device is cuda (auto: where the cluster has one); other methods one CPU."""
+    spec = json.loads((Path(cell_dir) / "spec.json").read_text())
+    if spec["method"]["kind"] != "fit":
+        return {"cpus": 1.0}
+    import yaml
+    train = (yaml.safe_load((Path(cell_dir) / "fit.yaml").read_text()) or {}).get("train", {})
+    threads = int(train.get("threads", 0) or 0) or (os.cpu_count() or 1)
+    device = str(train.get("device", "auto")).lower()
+    return {"cpus": float(threads), "gpus": 1.0 if device.startswith("cuda") else 0.0, "gpu_if_any": device == "auto"}
+
+
+def run_cell_task(cell_dir: str) -> dict:
+    """One bench cell as a Ray task: the same isolated process as the sequential path, output to its log only."""
+    return run_cell_process(Path(cell_dir), echo=False, progress=False)
+
+
 def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None = None, isolate: bool = True,
-              echo: bool = True, progress: bool = True, keep_checkpoints: bool = False, log=print) -> dict:
+              echo: bool = True, progress: bool = True, keep_checkpoints: bool = False, log=print,
+              ray_address: str | None = None, ray_cpus: int | None = None) -> dict:
     """Run every (selected) cell of `suite` into `out`, then write results.json and report.md.
 
     force: recompute done cells; only: fnmatch pattern(s) on cell ids, comma separated;
@@ -77,9 +97,12 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
     keep_checkpoints: keep a finished fit's run/checkpoints/ (hundreds of MB each; by default they
     are deleted once the cell is done: its mesh, labels and metrics stay, and a done cell is never
     resumed).
+    ray_address: run the cells as Ray tasks (app/executor.py: "local" starts Ray on this machine with
+    `ray_cpus` CPUs, default all; else a cluster address); the files written are the same.
     Returns the results dict.
     """
     out = Path(out)
+    to_run: list[tuple[Cell, Path]] = []
     cells = suite_cells(suite)
     if only:
         pats = [p.strip() for p in only.split(",") if p.strip()]
@@ -117,24 +140,46 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
             n_skipped += 1
             log(f"{head}: done earlier (same config {spec['config_hash']}), skipped")
             continue
-        log(f"{head}: running ({cell.method.kind}) ...")
         if force and (cell_dir / "run").exists():
             shutil.rmtree(cell_dir / "run")
+        if ray_address is not None:
+            to_run.append((cell, cell_dir))
+            continue
+        log(f"{head}: running ({cell.method.kind}) ...")
         rec = run_cell_process(cell_dir, echo=echo, progress=progress) if isolate else run_cell(cell_dir, progress)
-        if rec["status"] == "done":
-            n_done += 1
-            if not keep_checkpoints:
-                drop_checkpoints(cell_dir / "run")
-            sm = summary_of(rec.get("metrics", {}))
-            pq = "-" if sm["pq50"] is None else f"{sm['pq50']:.1f}"
-            log(f"{head}: done in {rec.get('wall_seconds', 0):.0f} s (PQ@0.5 {pq}, fit "
-                f"{sm['fit_seconds'] if sm['fit_seconds'] is not None else '-'} s)")
-        else:
-            n_failed += 1
-            log(f"{head}: FAILED in {rec.get('wall_seconds', 0):.0f} s: {rec.get('error')}")
+        ok = _cell_finished(head, cell_dir, rec, keep_checkpoints, log)
+        n_done, n_failed = n_done + ok, n_failed + (not ok)
+    if to_run:
+        from app.executor import run_tasks
+        tasks = [Task(cell.cell_id, run_cell_task, (str(cell_dir),), **cell_resources(cell_dir))
+                 for cell, cell_dir in to_run]
+        for task, rec in run_tasks(tasks, ray_address, local_cpus=ray_cpus, log=log,
+                                   describe=lambda t, r: cell_summary(r)):
+            ok = _cell_finished(None, out / "cells" / task.key, rec, keep_checkpoints, log)
+            n_done, n_failed = n_done + ok, n_failed + (not ok)
     log(f"suite {suite.name}: {n_done} computed, {n_skipped} already done, {n_failed} failed")
     results = collect_results(suite, out, ensure_references(suite, out, log))
     write_results(results, out)
     write_report(results, out, out)
     log(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return results
+
+
+def cell_summary(rec: dict) -> str:
+    """'done in 12 s (PQ@0.5 83.5, fit 250.1 s)' or 'FAILED in 3 s: error'."""
+    if rec.get("status") == "done":
+        sm = summary_of(rec.get("metrics", {}))
+        pq = "-" if sm["pq50"] is None else f"{sm['pq50']:.1f}"
+        return (f"done in {rec.get('wall_seconds', 0):.0f} s (PQ@0.5 {pq}, fit "
+                f"{sm['fit_seconds'] if sm['fit_seconds'] is not None else '-'} s)")
+    return f"FAILED in {rec.get('wall_seconds', 0):.0f} s: {rec.get('error')}"
+
+
+def _cell_finished(head: str | None, cell_dir: Path, rec: dict, keep_checkpoints: bool, log) -> bool:
+    """Drop a done fit's checkpoints, log the cell's line unless `head` is None; True if it is done."""
+    done = rec.get("status") == "done"
+    if done and not keep_checkpoints:
+        drop_checkpoints(cell_dir / "run")
+    if head is not None:
+        log(f"{head}: {cell_summary(rec)}")
+    return done

@@ -143,6 +143,25 @@ def _trunc_multiplier(voxel_size_m: float, trunc_m: float | None) -> float:
     return float(trunc_m) / float(voxel_size_m)
 
 
+def canonical_mesh_order(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same mesh in an order that depends only on its geometry: vertices sorted by (x, y, z), each face
+    rotated to start at its smallest index (winding kept), faces sorted. Open3D's extraction walks its hash
+    map in an order that changes with the thread count, and the evaluation samples points face by face, so
+    without this the baseline's scores moved in the second decimal between a 1-thread and a 2-thread run.
+
+    vertices [V, 3], faces [F, 3] -> (vertices [V, 3], faces [F, 3], order [V]: new vertex i is old order[i])."""
+    assert vertices.ndim == 2 and vertices.shape[1] == 3, f"vertices must be [V, 3], got {vertices.shape}"
+    assert faces.ndim == 2 and faces.shape[1] == 3, f"faces must be [F, 3], got {faces.shape}"
+    order = np.lexsort((vertices[:, 2], vertices[:, 1], vertices[:, 0]))     # [V] x first, then y, then z
+    new_index = np.empty_like(order)
+    new_index[order] = np.arange(len(order))
+    f = new_index[faces]                                                     # [F, 3]
+    roll = np.argmin(f, axis=1)                                              # [F] where the smallest index sits
+    f = np.take_along_axis(f, (roll[:, None] + np.arange(3)[None, :]) % 3, axis=1)
+    f = f[np.lexsort((f[:, 2], f[:, 1], f[:, 0]))]
+    return vertices[order], f, order
+
+
 def tsdf_fusion(depths_m: list[np.ndarray], colors: list[np.ndarray] | None, K: np.ndarray, c2ws: list[np.ndarray],
                 voxel_size_m: float, trunc_m: float | None = None, depth_max_m: float = 10.0,
                 block_resolution: int = 8, block_count: int | None = None, min_weight: float = 1.0,
@@ -212,5 +231,8 @@ def tsdf_fusion(depths_m: list[np.ndarray], colors: list[np.ndarray] | None, K: 
             col = mesh.vertex.colors.numpy()  # [V, 3] float in [0, 1]
             vertex_colors = np.clip(np.round(col * 255.0), 0, 255).astype(np.uint8)
     assert vertices.ndim == 2 and vertices.shape[1] == 3 and faces.ndim == 2 and faces.shape[1] == 3
+    vertices, faces, order = canonical_mesh_order(vertices, faces)
+    if vertex_colors is not None and len(vertex_colors):
+        vertex_colors = vertex_colors[order]
     return {"vertices": vertices, "faces": faces, "colors": vertex_colors,
             "seconds": time.perf_counter() - t0, "n_blocks": n_blocks}

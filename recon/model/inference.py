@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fields.stages import stage
 from recon.core.settings import FitSettings
 from recon.model.instance_branch import InstanceBranch
 from recon.model.panoptic_head import panoptic_probs
@@ -48,17 +49,19 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
     if with_grad and eik_fraction > 0:
         n_eik = max(1, int(round(eik_fraction * R * S)))
         pick = torch.randperm(R * S, generator=gen)[:n_eik].to(dev)                # CPU generator: same stream on any device
-        _, grad = model.sdf_and_grad(flat[pick])
+        with stage("eikonal gradient"):
+            _, grad = model.sdf_and_grad(flat[pick])
         out["grad"] = grad                                                          # [M, 3]
     sdf, geo = model.sdf(flat)
     sdf = sdf.reshape(R, S)
-    alpha = sdf_to_alpha(sdf, s.render.xi)                                          # [R, S]
-    w = transmittance_weights(alpha)                                                # [R, S]
-    out["sdf"] = sdf
-    out["weights"] = w
-    out["depth"] = render_depth(w, z)
-    out["acc"] = accumulated_opacity(w)
-    out["rgb"] = render(w, model.color(geo).reshape(R, S, 3)) if with_rgb else torch.zeros(R, 3, device=dev)
+    with stage("rendering"):
+        alpha = sdf_to_alpha(sdf, s.render.xi)                                      # [R, S]
+        w = transmittance_weights(alpha)                                            # [R, S]
+        out["sdf"] = sdf
+        out["weights"] = w
+        out["depth"] = render_depth(w, z)
+        out["acc"] = accumulated_opacity(w)
+        out["rgb"] = render(w, model.color(geo).reshape(R, S, 3)) if with_rgb else torch.zeros(R, 3, device=dev)
     with_panoptic = with_panoptic and branch is not None and with_semantic
     if with_semantic or branch is not None:
         w_lab = w.detach() if detach_sem_weights else w
@@ -79,7 +82,9 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
         if with_semantic:
             out["sem_probs"] = render(w_lab, scatter(probs_k))                      # [R, C]
         if branch is not None:
-            A_k = branch.probs(model.instance_keys(pts_k), pts_k)                   # [M, N]
+            keys_k = model.instance_keys(pts_k)
+            with stage("token branch"):
+                A_k = branch.probs(keys_k, pts_k)                                   # [M, N]
             out["token_masks"] = render(w_lab, scatter(A_k))                        # [R, N]
             if with_panoptic:
                 lp_k = panoptic_probs(probs_k, A_k, branch.thing_mask)              # [M, C_stuff + N]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from recon.model.panoptic_head import IGNORE, panoptic_layout, panoptic_targets
 from recon.model.sampling import FrameBank, RayBatch
 from recon.core.settings import TokenSettings
+from fields.stages import stage
 from tokens.adjust import TokenAdjustStrategy
 from tokens.assign import assignment_cost, class_loss, hungarian, instance_loss, masks_from_frame, match_coverage
 from tokens.attention import instance_probs
@@ -219,8 +220,9 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
         mask_to_token: dict[int, int] = {}
         if lab.numel() > 0:
             pred = token_masks[in_f[lab].to(dev)].T                                # [N, P]
-            cost = assignment_cost(pred.detach(), targets).cpu()                   # [L, N] (small; one copy)
-            rows, cols = hungarian(cost)                                           # [K] each, on the CPU
+            with stage("hungarian"):
+                cost = assignment_cost(pred.detach(), targets).cpu()               # [L, N] (small; one copy)
+                rows, cols = hungarian(cost)                                       # [K] each, on the CPU
             if strategy is not None:
                 blind = blind_matches(pred, targets, rows, cols, rays, in_f[lab],
                                       strategy.cfg.blind_max_overlap) if strategy.cfg.blind_max_overlap > 0 else None

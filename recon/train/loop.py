@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fields.stages import stage
 from recon.core.config import save_config, to_dict
 from recon.core.device import describe, resolve_device, synchronize
 from recon.core.faults import fault_point
@@ -47,6 +48,9 @@ class FitResult:
     iterations: int
     fit_seconds: float
     finished: bool                      # the fit reached train.iters (the callbacks' on_fit_end ran)
+
+
+FIRST_ITERS = 10      # the time per iteration is measured on this many and logged with the time left
 
 
 def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, force: bool = False,
@@ -80,9 +84,10 @@ def fit(scene_dir: Path, run: Path, s: FitSettings, *, resume: bool = False, for
                                     inputs=(scene_dir,))
             train_idx = train_indices(scene, s)
             dev = resolve_device(s.train.device)
-            check_memory(scene, len(train_idx), s, scene.n_classes, dev)
+            need = check_memory(scene, len(train_idx), s, scene.n_classes, dev)
             check_mesh_budget(scene, s)
-            notes: list[str] = []
+            notes: list[str] = [f"estimated peak memory {need / (1 << 30):.2f} GiB (frames, hash grids with Adam "
+                                "state, per-step activations; fits the limit, see data.max_memory_gb)"]
             if mode == "resume" and not has_checkpoint(run):    # killed before its first checkpoint: nothing to
                 mode = "replace"                                 # continue from, so the same run starts over
                 notes.append(f"{run} has no checkpoint yet (stopped before iteration {s.train.checkpoint_every}): "
@@ -192,6 +197,7 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
     sigint: list[int] = []
     main = threading.current_thread() is threading.main_thread()
     prev_handler = signal.signal(signal.SIGINT, lambda *_: sigint.append(1)) if main else None
+    t_first = time.perf_counter()
     try:
         for it in range(start_it, end):
             for g, base in zip(opt.param_groups, (s.train.lr_grid, s.train.lr_mlp)):
@@ -202,8 +208,9 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
             vals = train_step(model, opt, bank, s, it, gen, far, inst)
             if gstate is not None:
                 tie = ((lambda x: sdf_and_gradient(model, x)) if it >= s.train.geometry_only_iters else None)
-                for _ in range(s.appearance.steps_per_iter):
-                    vals.update(gaussian_step(gstate, bank, s, it, gen_gs, sdf_fn=tie))
+                with stage("appearance (gaussians)"):
+                    for _ in range(s.appearance.steps_per_iter):
+                        vals.update(gaussian_step(gstate, bank, s, it, gen_gs, sdf_fn=tie))
             if not math.isfinite(vals["total"]) or not math.isfinite(vals.get("gs_total", 0.0)):
                 raise FloatingPointError(f"loss became {vals['total']} at iteration {it}; see {run / 'log.txt'}")
             done = it + 1
@@ -215,6 +222,10 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
                                  if k in ("total", "sdf", "depth", "rgb", "sem", "ins", "pan", "tokens", "gs_l1",
                                           "gaussians")})
             bar.update(1)
+            if done == start_it + FIRST_ITERS and done < end:
+                per_it = (time.perf_counter() - t_first) / FIRST_ITERS
+                log.info(f"the first {FIRST_ITERS} iterations took {per_it:.3f} s each: about "
+                         f"{per_it * (end - done) / 60:.1f} min for the {end - done} left (before meshing)")
             if sigint:
                 raise KeyboardInterrupt
             if steppers:

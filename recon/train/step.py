@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fields.stages import stage
 from recon.core.settings import FitSettings
 from recon.model.inference import render_rays
 from recon.model.instance_branch import InstanceBranch, assignment_losses, surface_points
@@ -35,50 +36,56 @@ def train_step(model: SceneModel, opt: torch.optim.Optimizer, bank: FrameBank, s
     t, ls = s.train, s.loss
     labels_on = it >= t.geometry_only_iters and bank.semantic is not None
     # rays and samples are drawn on the CPU (the bank and the generator live there), then moved
-    rays_cpu = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen,
-                           mask_fraction=t.mask_ray_fraction if labels_on else 0.0, with_stuff=t.mask_ray_stuff)
-    z = sample_along_rays(rays_cpu.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
-                          s.render.band_m, gen).to(model.device)
-    rays = rays_cpu.to(model.device)
+    with stage("ray sampling"):
+        rays_cpu = sample_rays(bank, t.rays_per_iter, t.frames_per_iter, gen,
+                               mask_fraction=t.mask_ray_fraction if labels_on else 0.0, with_stuff=t.mask_ray_stuff)
+        z = sample_along_rays(rays_cpu.depth, s.render.near_m, far, s.render.n_stratified, s.render.n_surface,
+                              s.render.band_m, gen).to(model.device)
+        rays = rays_cpu.to(model.device)
     semantic_on = labels_on and ls.w_sem > 0
     inst_on = labels_on and inst is not None and ls.w_ins + ls.w_cls + ls.w_pan > 0
     pan_on = inst_on and s.panoptic.head and it >= t.pan_start_iters and ls.w_pan > 0
     colour_head = s.appearance.branch in ("colour_head", "both")   # gaussians: colour from the Gaussians alone
-    out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on or pan_on,
-                      eik_fraction=ls.eik_fraction, gen=gen, detach_sem_weights=t.detach_semantic_weights,
-                      branch=inst.branch if inst_on else None, with_panoptic=pan_on, with_rgb=colour_head)
-    valid = rays.depth > 0
-    l_trunc, l_free = sdf_loss(out["sdf"], z, rays.depth, ls.trunc_m, ls.beta, valid)
-    terms = {
-        "sdf": l_trunc, "free": l_free,
-        "eik": eikonal_loss(out["grad"]) if "grad" in out else torch.zeros((), device=model.device),
-        "depth": depth_loss(out["depth"], rays.depth, valid),
-    }
-    if colour_head:
-        terms["rgb"] = rgb_loss(out["rgb"], rays.rgb)
-    if semantic_on:
-        terms["sem"] = semantic_loss(out["sem_probs"], rays.semantic)
-    stats: dict[str, float] = {}
-    if inst_on:
-        use_dice = t.dice_off_iters <= 0 or it < t.dice_off_iters
-        res = assignment_losses(inst.branch, out["token_masks"], rays_cpu, use_dice=use_dice,
-                                min_pixels=s.tokens.min_mask_pixels, strategy=inst.strategy, it=it)
-        terms["ins"], terms["cls"] = res.l_ins, res.l_cls
-        if pan_on:
-            terms["pan"] = panoptic_loss(out["pan_probs"], res.pan_target)
-        stats = {"tokens": float(inst.branch.tokens.n), "masks": float(res.n_masks),
-                 "matched": float(res.n_matched), "match_cost": res.mean_cost}
-    weights = {"sdf": ls.w_sdf, "free": ls.w_free, "eik": ls.w_eik, "depth": ls.w_depth, "rgb": ls.w_rgb,
-               "sem": ls.w_sem, "ins": ls.w_ins, "cls": ls.w_cls, "pan": ls.w_pan}
-    total = sum(weights[k] * v for k, v in terms.items())
+    with stage("fields and rendering"):    # what the inner stages (hash grid, mlp, rendering, ...) leave
+        out = render_rays(model, rays, z, s, with_grad=True, with_semantic=semantic_on or pan_on,
+                          eik_fraction=ls.eik_fraction, gen=gen, detach_sem_weights=t.detach_semantic_weights,
+                          branch=inst.branch if inst_on else None, with_panoptic=pan_on, with_rgb=colour_head)
+    with stage("losses"):                  # the loss terms, the token assignment (Hungarian) and its losses
+        valid = rays.depth > 0
+        l_trunc, l_free = sdf_loss(out["sdf"], z, rays.depth, ls.trunc_m, ls.beta, valid)
+        terms = {
+            "sdf": l_trunc, "free": l_free,
+            "eik": eikonal_loss(out["grad"]) if "grad" in out else torch.zeros((), device=model.device),
+            "depth": depth_loss(out["depth"], rays.depth, valid),
+        }
+        if colour_head:
+            terms["rgb"] = rgb_loss(out["rgb"], rays.rgb)
+        if semantic_on:
+            terms["sem"] = semantic_loss(out["sem_probs"], rays.semantic)
+        stats: dict[str, float] = {}
+        if inst_on:
+            use_dice = t.dice_off_iters <= 0 or it < t.dice_off_iters
+            res = assignment_losses(inst.branch, out["token_masks"], rays_cpu, use_dice=use_dice,
+                                    min_pixels=s.tokens.min_mask_pixels, strategy=inst.strategy, it=it)
+            terms["ins"], terms["cls"] = res.l_ins, res.l_cls
+            if pan_on:
+                terms["pan"] = panoptic_loss(out["pan_probs"], res.pan_target)
+            stats = {"tokens": float(inst.branch.tokens.n), "masks": float(res.n_masks),
+                     "matched": float(res.n_matched), "match_cost": res.mean_cost}
+        weights = {"sdf": ls.w_sdf, "free": ls.w_free, "eik": ls.w_eik, "depth": ls.w_depth, "rgb": ls.w_rgb,
+                   "sem": ls.w_sem, "ins": ls.w_ins, "cls": ls.w_cls, "pan": ls.w_pan}
+        total = sum(weights[k] * v for k, v in terms.items())
     opt.zero_grad(set_to_none=True)
     if inst is not None:
         inst.opt.zero_grad(set_to_none=True)
-    total.backward()
-    opt.step()
-    if inst_on:
-        inst.opt.step()
-        if inst.strategy.due(it):
+    with stage("backward"):
+        total.backward()
+    with stage("optimizer"):
+        opt.step()
+        if inst_on:
+            inst.opt.step()
+    if inst_on and inst.strategy.due(it):
+        with stage("token adjustment"):
             pts = surface_points(bank, s.tokens.adjust_points, gen).to(model.device)
             with torch.no_grad():
                 A = inst.branch.probs(model.instance_keys(pts), pts)               # [M, N]

@@ -1,5 +1,6 @@
 """Trainer: run-folder outputs, exact resume, refusals before any work, observed-space culling, eval keys."""
 import json
+import re
 import time
 from pathlib import Path
 
@@ -89,6 +90,10 @@ def test_resume_continues_with_identical_state(tiny_scene, tmp_path):
     assert n_start is not None, "the instance stage ran before the stop"
     log = (tmp_path / "b" / "log.txt").read_text()
     assert "resuming" in log and "tokens:" in log
+    # before the work: the memory estimate; after 10 iterations: their time and the time left (2 iterations)
+    straight_log = (tmp_path / "a" / "log.txt").read_text()
+    assert "estimated peak memory" in straight_log
+    assert re.search(r"the first 10 iterations took \d+\.\d+ s each: about \d+\.\d min for the 2 left", straight_log)
 
 
 def test_refusals_before_any_work(tiny_scene, tmp_path):

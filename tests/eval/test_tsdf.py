@@ -129,3 +129,25 @@ def test_tsdf_min_weight_and_empty(synthetic):
     # All-invalid depth: nothing to fuse.
     blank = tsdf_fusion([np.zeros((H, W))], None, K, c2ws, voxel_size_m=0.04)
     assert blank["vertices"].shape == (0, 3) and blank["n_blocks"] == 0
+
+
+def test_canonical_mesh_order_by_hand_and_under_permutation():
+    from eval.baselines.tsdf import canonical_mesh_order
+    v = np.array([[1.0, 0, 0], [0, 0, 0], [0, 1, 0]])
+    f = np.array([[2, 1, 0], [0, 1, 2]])
+    v2, f2, order = canonical_mesh_order(v, f)
+    assert order.tolist() == [1, 2, 0]                       # (0,0,0), (0,1,0), (1,0,0)
+    assert v2.tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 0]]
+    # [2, 1, 0] -> new ids [1, 0, 2] -> rotated to [0, 2, 1] (winding kept); [0, 1, 2] -> [2, 0, 1] -> [0, 1, 2]
+    assert f2.tolist() == [[0, 1, 2], [0, 2, 1]]
+    # any vertex and face order of the same mesh gives the same arrays
+    rng = np.random.default_rng(0)
+    V = rng.normal(size=(50, 3))
+    F = np.stack([rng.choice(50, 3, replace=False) for _ in range(80)])     # proper triangles
+    a = canonical_mesh_order(V, F)
+    perm = rng.permutation(50)
+    inv = np.argsort(perm)
+    Fp = inv[F][rng.permutation(80)]
+    Fp = np.roll(Fp, 1, axis=1)                               # a rotation keeps each face's winding
+    b = canonical_mesh_order(V[perm], Fp)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -212,3 +212,11 @@ def test_pixel_extent_by_hand():
     # opacity 0.1: e = sqrt(2 ln 25.5) = 2.545 -> ceil(5.09) = 6, ceil(2.545) = 3; opacity 0.001: culled
     ext = pixel_extent(cov2, torch.tensor([1.0, 0.1, 0.001]))
     assert ext.tolist() == [[7.0, 4.0], [6.0, 3.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+def test_no_gaussian_in_view_renders_background(blend):
+    """An empty set of projected Gaussians (a camera looking away) renders nothing, without an error."""
+    img, alpha = rasterize(torch.zeros(0, 2), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0), torch.zeros(0, 3),
+                           torch.zeros(0), width=8, height=6, tile=4, blend=blend)
+    assert img.shape == (6, 8, 3) and float(img.abs().sum()) == 0.0 and float(alpha.sum()) == 0.0

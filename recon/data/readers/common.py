@@ -469,3 +469,140 @@ def depth_reprojection_error(depth_a_m: np.ndarray, depth_b_m: np.ndarray, K: np
     err = np.abs(zb[ok] - d_obs[ok])
     return {"median_m": float(np.median(err)), "mean_abs_m": float(err.mean()), "p90_m": float(np.percentile(err, 90)),
             "n_points": int(ok.sum()), "overlap": float(ok.mean())}
+
+
+# ----------------------------------------------------------------------------- own captures; convert's common options
+
+def parse_size(text: str | Sequence[int]) -> tuple[int, int]:
+    """'WxH' (or a (W, H) pair) -> (W, H), both at least 8."""
+    if isinstance(text, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+        if not m:
+            raise ReaderError(f"--size must look like 640x480 (width x height in pixels), got {text!r}")
+        size = (int(m.group(1)), int(m.group(2)))
+    else:
+        size = tuple(int(v) for v in text)
+        if len(size) != 2:
+            raise ReaderError(f"--size needs a width and a height, got {text!r}")
+    if min(size) < 8:
+        raise ReaderError(f"--size {size[0]}x{size[1]} is too small (at least 8x8)")
+    return size
+
+
+def resize_frame(color: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(colour, depth, K) of a registered frame resized to size = (W, H), covering the same field of view.
+
+    colour [H0, W0, 3] uint8: area average (PIL box filter) when shrinking, bilinear when enlarging.
+    depth [H0, W0] (any dtype): nearest, so no depth is invented between surfaces: destination pixel u takes
+    source pixel floor((u + 0.5) W0 / W) (the source pixel under its centre; at an exact tie, the right /
+    lower one). K [3, 3] is scaled as scale_intrinsics does (pixel centres kept).
+    """
+    color = np.asarray(color)
+    depth = np.asarray(depth)
+    H0, W0 = color.shape[:2]
+    assert color.ndim == 3 and depth.shape == (H0, W0), (color.shape, depth.shape)
+    W, H = size
+    if (W, H) == (W0, H0):
+        return color.copy(), depth.copy(), np.array(K, dtype=np.float64)
+    shrink = W <= W0 and H <= H0
+    color_out = np.asarray(Image.fromarray(color).resize((W, H), Image.Resampling.BOX if shrink
+                                                         else Image.Resampling.BILINEAR))
+    return color_out, resize_nearest(depth, (W, H)), scale_intrinsics(K, (W0, H0), (W, H))
+
+
+def resize_nearest(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H0, W0, ...] -> [H, W, ...] for size = (W, H) by nearest sampling: destination pixel u takes source
+    pixel floor((u + 0.5) W0 / W) (depth, labels: values are never mixed)."""
+    img = np.asarray(img)
+    H0, W0 = img.shape[:2]
+    W, H = size
+    iu = np.minimum(np.floor((np.arange(W) + 0.5) * (W0 / W)).astype(np.int64), W0 - 1)
+    iv = np.minimum(np.floor((np.arange(H) + 0.5) * (H0 / H)).astype(np.int64), H0 - 1)
+    return img[iv[:, None], iu[None, :]]
+
+
+def limit_depth_mm(depth_mm: np.ndarray, max_depth_m: float | None) -> np.ndarray:
+    """uint16 millimetres with every value beyond `max_depth_m` metres set to 0 (invalid); None = unchanged."""
+    out = np.asarray(depth_mm).astype(np.uint16, copy=True)
+    if max_depth_m is not None:
+        out[out > int(round(max_depth_m * 1000.0))] = 0
+    return out
+
+
+def rotation_from_quaternion_xyzw(q: Sequence[float]) -> np.ndarray:
+    """Unit quaternion (x, y, z, w): scalar last, Hamilton convention, as ARKit / Record3D / scipy write it) ->
+    [3, 3] rotation matrix. The quaternion is normalised first."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(np.asarray(q, dtype=np.float64))
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def c2w_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:
+    """Camera-to-world with OpenGL / ARKit / Blender camera axes (x right, y up, z back) -> OpenCV camera axes
+    (x right, y down, z forward): the camera's y and z columns change sign; the world frame is unchanged."""
+    return np.asarray(c2w_gl, dtype=np.float64) @ GL_TO_CV
+
+
+def distort_normalized(x: np.ndarray, y: np.ndarray, dist: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Brown-Conrady distortion of normalised image coordinates, dist = (k1, k2, k3, k4, p1, p2) (nerfstudio's
+    order; OpenCV's model with k4 as a 4th radial term): r2 = x^2 + y^2,
+    d = 1 + k1 r2 + k2 r2^2 + k3 r2^3 + k4 r2^4, xd = x d + 2 p1 x y + p2 (r2 + 2 x^2),
+    yd = y d + 2 p2 x y + p1 (r2 + 2 y^2)."""
+    k1, k2, k3, k4, p1, p2 = (float(v) for v in dist)
+    r2 = x * x + y * y
+    d = 1.0 + r2 * (k1 + r2 * (k2 + r2 * (k3 + r2 * k4)))
+    return x * d + 2 * p1 * x * y + p2 * (r2 + 2 * x * x), y * d + 2 * p2 * x * y + p1 * (r2 + 2 * y * y)
+
+
+def distorted_source_map(K_src: np.ndarray, dist: Sequence[float], K_dst: np.ndarray,
+                         dst_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(u_src, v_src) [H, W] float: where each pixel centre of an undistorted pinhole camera K_dst (same centre
+    and orientation) is imaged by the distorting camera (K_src, dist). With dist = 0 this is
+    source_pixel_map. Sampling the distorted image there undistorts it."""
+    W, H = dst_size
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    xd, yd = distort_normalized((u - K_dst[0, 2]) / K_dst[0, 0], (v - K_dst[1, 2]) / K_dst[1, 1], dist)
+    return K_src[0, 0] * xd + K_src[0, 2], K_src[1, 1] * yd + K_src[1, 2]
+
+
+def sample_image(img: np.ndarray, us: np.ndarray, vs: np.ndarray, interp: str) -> np.ndarray:
+    """`img` ([H, W] or [H, W, C]) read at source pixel positions (us, vs) [h, w] (integer = pixel centre).
+
+    'nearest' (depth, labels) takes the pixel whose centre is nearest; 'linear' interpolates bilinearly
+    (positions up to half a pixel outside the centres clamp to the border pixel). Positions outside the
+    image give 0. No anti-aliasing: use for maps near 1:1 (undistortion), resample_to_camera otherwise.
+    """
+    assert interp in ("nearest", "linear"), interp
+    img = np.asarray(img)
+    Hs, Ws = img.shape[:2]
+    out_shape = us.shape + img.shape[2:]
+    if interp == "nearest":
+        iu = np.floor(us + 0.5).astype(np.int64)
+        iv = np.floor(vs + 0.5).astype(np.int64)
+        ok = (iu >= 0) & (iu < Ws) & (iv >= 0) & (iv < Hs)
+        out = np.zeros(out_shape, dtype=img.dtype)
+        out[ok] = img[iv[ok], iu[ok]]
+        return out
+    ok = (us >= -0.5) & (us <= Ws - 0.5) & (vs >= -0.5) & (vs <= Hs - 0.5)
+    uc = np.clip(us, 0, Ws - 1)
+    vc = np.clip(vs, 0, Hs - 1)
+    u0 = np.minimum(np.floor(uc).astype(np.int64), max(Ws - 2, 0))
+    v0 = np.minimum(np.floor(vc).astype(np.int64), max(Hs - 2, 0))
+    u1 = np.minimum(u0 + 1, Ws - 1)
+    v1 = np.minimum(v0 + 1, Hs - 1)
+    a = (uc - u0)[..., None] if img.ndim == 3 else uc - u0
+    b = (vc - v0)[..., None] if img.ndim == 3 else vc - v0
+    f = img.astype(np.float64)
+    val = f[v0, u0] * (1 - a) * (1 - b) + f[v0, u1] * a * (1 - b) + f[v1, u0] * (1 - a) * b + f[v1, u1] * a * b
+    val[~ok] = 0
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        val = np.clip(np.rint(val), info.min, info.max)
+    return val.astype(img.dtype)
+
+
+def same_aspect(size_a: tuple[int, int], size_b: tuple[int, int], tol: float = 0.01) -> bool:
+    """True if two (W, H) sizes have the same aspect ratio within `tol` (relative)."""
+    return abs(size_a[0] * size_b[1] - size_b[0] * size_a[1]) <= tol * size_a[0] * size_b[1]

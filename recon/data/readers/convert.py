@@ -1,6 +1,8 @@
-"""Dataset readers: convert public RGB-D datasets into the scene format (docs/scene_format.md).
+"""Dataset readers: convert public RGB-D datasets and your own captures into the scene format
+(docs/scene_format.md).
 
-`python run.py convert --from KIND SRC --out SCENE [--stride N] [--max-frames N] [--force] ...`
+`python run.py convert --from KIND SRC --out SCENE [--stride N] [--max-frames N] [--size WxH]
+[--max-depth-m M] [--force] ...`
 
 Each reader module documents its source layout, its pose convention (and how that was checked),
 its intrinsics and resizing, and its labels:
@@ -11,6 +13,14 @@ its intrinsics and resizing, and its labels:
     scannetpp               scannetpp.py               ScanNet++ iPhone frames, GT mesh with raw labels
     7scenes                 seven_scenes.py            Microsoft 7-Scenes sequences (no labels)
 
+Your own captures (no labels):
+
+    nerfstudio              nerfstudio.py              transforms.json with per-frame depth (e.g. ns-process-data
+                                                       polycam --use-depth; other phone apps in that layout)
+    record3d                record3d.py                Record3D .r3d export (zip) or its unzipped folder
+    realsense               realsense.py               Intel RealSense .bag / .db3 recording; poses from RGB-D
+                                                       odometry (odometry.py), the geometry-only path
+
 A reader returns a ConvertPlan after checking names, poses and intrinsics (bad input fails here,
 before any image is converted); `convert` then streams the frames through
 `recon.data.scene.write_scene`, which builds the scene under a temporary name, validates it with
@@ -20,6 +30,9 @@ before any image is converted); `convert` then streams the frames through
   file of every frame, the reader's choices and the skipped frames.
 - --stride N keeps every Nth available frame (in frame-number order, starting with the first);
   --max-frames N stops after N good frames.
+- Every reader also takes --size WxH (the written images are resized after reading: colour
+  area-averaged when shrinking, bilinear when enlarging, depth nearest, K scaled with the pixel-centre
+  rule of scale_intrinsics) and --max-depth-m M (depth beyond M metres becomes 0 = invalid).
 - A frame whose pose is missing, non-finite or not rigid (or whose depth file is missing) is an
   error naming the file; --skip-bad-frames drops it with a warning instead (never silently).
 - Depth is written as uint16 millimetres at the colour size; where colour and depth differ in size
@@ -42,16 +55,21 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from recon.data.readers import replica_nice_slam, replica_semantic_nerf, scannet, scannetpp, seven_scenes
-from recon.data.readers.common import ConvertPlan, ReaderError, depth_reprojection_error
+from recon.data.readers import (nerfstudio, realsense, record3d, replica_nice_slam, replica_semantic_nerf, scannet,
+                                scannetpp, seven_scenes)
+from recon.data.readers.common import (ConvertPlan, ReaderError, depth_reprojection_error, limit_depth_mm, parse_size,
+                                       resize_frame, resize_nearest, scale_intrinsics)
 from recon.core.io import check_replaceable
-from recon.data.scene import is_scene_folder, load_scene, write_scene
+from recon.data.scene import depth_m_to_mm, is_scene_folder, load_scene, write_scene
 
-_MODULES = (replica_nice_slam, replica_semantic_nerf, scannet, scannetpp, seven_scenes)
+_MODULES = (replica_nice_slam, replica_semantic_nerf, scannet, scannetpp, seven_scenes, nerfstudio, record3d, realsense)
 READERS: dict[str, Callable[..., ConvertPlan]] = {m.KIND: m.read for m in _MODULES}
 READER_OPTIONS: dict[str, tuple[str, ...]] = {m.KIND: tuple(m.OPTIONS) for m in _MODULES}
 OPTION_FLAGS = {"intrinsics": "--intrinsics", "color_intrinsics": "--color-intrinsics", "resolution": "--resolution",
-                "class_names": "--class-names", "label_map": "--label-map", "mesh": "--mesh", "no_gt": "--no-gt"}
+                "class_names": "--class-names", "label_map": "--label-map", "mesh": "--mesh", "no_gt": "--no-gt",
+                "depth_unit_scale_factor": "--depth-unit-scale-factor", "min_confidence": "--min-confidence"}
+# what SRC is for each kind: a folder (default), a file, or either
+SOURCE_KINDS = {"nerfstudio": "file or folder", "record3d": "file or folder", "realsense": "file"}
 REPROJECTION_WARN_M = 0.05
 
 __all__ = ["READERS", "ReaderError", "convert", "reprojection_check"]
@@ -85,13 +103,48 @@ def reprojection_check(scene_dir: Path, max_pairs: int = 5) -> list[dict]:
     return out
 
 
+def _resized_plan(plan: ConvertPlan, size: tuple[int, int] | None, max_depth_m: float | None) -> ConvertPlan:
+    """The plan with --size and --max-depth-m applied to every frame it loads (resize_frame, limit_depth_mm)."""
+    if size is None and max_depth_m is None:
+        return plan
+    load, src_size, src_K = plan.load, tuple(plan.size), plan.K.copy()
+    out_size = tuple(size) if size is not None else src_size
+
+    def loaded(i: int):
+        fr = load(i)
+        depth_mm = np.asarray(fr.depth_mm) if fr.depth_mm is not None else depth_m_to_mm(fr.depth_m)
+        if out_size != src_size:
+            color, depth_mm, _ = resize_frame(fr.color, depth_mm, src_K, out_size)
+            fr.color = color
+            for name in ("mask_instance", "mask_semantic", "gt_semantic", "gt_instance"):
+                label = getattr(fr, name)
+                if label is not None:   # labels: nearest, like depth
+                    setattr(fr, name, resize_nearest(label, out_size))
+        fr.depth_mm, fr.depth_m = limit_depth_mm(depth_mm, max_depth_m), None
+        if not fr.depth_mm.any():
+            raise ReaderError(f"frame {plan.frame_ids[i]} ({plan.source_names[i]}): no valid depth left"
+                              + (f" within --max-depth-m {max_depth_m:g}" if max_depth_m is not None else ""))
+        return fr
+
+    if out_size != src_size:
+        plan.K = scale_intrinsics(src_K, src_size, out_size)
+        plan.size = out_size
+    plan.load = loaded
+    plan.meta = {**plan.meta, "size": f"{out_size[0]}x{out_size[1]}" if size is not None else None,
+                 "max_depth_m": max_depth_m}
+    return plan
+
+
 def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_frames: int | None = None,
             force: bool = False, *, skip_bad_frames: bool = False, log=print, check_pairs: int = 5,
-            holdout_every: int = 0, **opts) -> dict:
-    """Convert the dataset folder `src` of `kind` into the scene folder `out`; returns a summary.
+            holdout_every: int = 0, size: str | tuple[int, int] | None = None, max_depth_m: float | None = None,
+            **opts) -> dict:
+    """Convert the dataset folder (or capture file) `src` of `kind` into the scene folder `out`; returns a summary.
 
     opts (only where the reader takes them): intrinsics (fx, fy, cx, cy), color_intrinsics (fx, fy, cx, cy),
-    resolution ('depth' | 'color' | 'WxH'), class_names (Path), label_map (Path), mesh (Path), no_gt (bool).
+    resolution ('depth' | 'color' | 'WxH'), class_names (Path), label_map (Path), mesh (Path), no_gt (bool),
+    depth_unit_scale_factor (float, nerfstudio), min_confidence (0 | 1 | 2, record3d).
+    Every reader: size ('WxH' or (W, H)) resizes the written frames, max_depth_m drops depth beyond it.
     holdout_every N >= 2 holds every Nth frame out of training (splits.json; eval uses all frames).
     Raises ReaderError (bad source), FileExistsError (`out` exists without `force`),
     FileNotFoundError (no `src`).
@@ -99,8 +152,15 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     if kind not in READERS:
         raise ReaderError(f"unknown dataset kind {kind!r}; choose one of {', '.join(READERS)}")
     src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such folder")
+    accepts = SOURCE_KINDS.get(kind, "folder")
+    if not (src.is_dir() if accepts == "folder" else src.is_file() if accepts == "file" else src.exists()):
+        if accepts == "folder" or not src.exists():
+            raise FileNotFoundError(f"{src}: no such {accepts}")
+        raise ReaderError(f"{src}: --from {kind} reads a {accepts}")
+    if size is not None:
+        size = parse_size(size)
+    if max_depth_m is not None and not (np.isfinite(max_depth_m) and max_depth_m > 0):
+        raise ReaderError(f"--max-depth-m must be a positive number of metres, got {max_depth_m}")
     if stride < 1:
         raise ReaderError(f"--stride must be at least 1, got {stride}")
     if max_frames is not None and max_frames < 1:
@@ -114,6 +174,7 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
     given = _check_options(kind, opts)
     t0 = time.perf_counter()
     plan = READERS[kind](src, stride=stride, max_frames=max_frames, skip_bad_frames=skip_bad_frames, **given)
+    plan = _resized_plan(plan, size, max_depth_m)
     for note in plan.notes:
         log(f"note: {note}")
     n = len(plan.frame_ids)
@@ -124,7 +185,7 @@ def convert(kind: str, src: str | Path, out: str | Path, stride: int = 1, max_fr
         for i in tqdm(range(n), desc="convert", dynamic_ncols=True, mininterval=1.0):
             yield plan.load(i)
 
-    name = src.resolve().name
+    name = src.resolve().name if src.is_dir() else src.resolve().stem
     if name.lower().startswith(("sequence_", "seq-")):  # Semantic-NeRF / 7-Scenes sequence folders
         name = f"{src.resolve().parent.name}_{name}"
     meta = {"name": name, "source": kind, "source_path": str(src.resolve()),
