@@ -282,6 +282,34 @@ class HashGridEncoding(nn.Module):
         return out
 
 
+class NumbaHashGridEncoding(HashGridEncoding):
+    """The hash encoding with the Numba CPU kernels of fields/hashgrid_numba.py: same parameters, buffers and
+    state dict as HashGridEncoding (checkpoints move between the two) and the same numbers (tested to the
+    bit). Points that need a gradient (the eikonal term differentiates through them, twice) and tensors on
+    a GPU take HashGridEncoding's path."""
+
+    def __init__(self, cfg: HashGridConfig, n_input_dims: int = 3):
+        from fields.hashgrid_numba import numba_available
+        ok, why = numba_available()
+        if not ok:
+            raise RuntimeError(f"hash grid backend 'numba' requested but {why}")
+        super().__init__(cfg, n_input_dims)
+        import numpy as np
+        self._np = (np.asarray(self.resolutions, np.float32),                              # [L] cells per axis
+                    self.axis_mult.numpy().astype(np.int64).copy(),                        # [L, 3]
+                    np.array([lv < self.n_dense for lv in range(self.n_levels)]))          # [L] dense levels
+
+    def forward(self, x01: Tensor) -> Tensor:
+        assert x01.dim() == 2 and x01.shape[1] == 3, f"x01 must be [N, 3], got {tuple(x01.shape)}"
+        if x01.requires_grad or x01.device.type != "cpu" or self.params.device.type != "cpu":
+            return super().forward(x01)
+        from fields.hashgrid_numba import encode_numba
+        with stage("hash grid"):
+            out = encode_numba(x01, self.params.view(-1, self.n_features), *self._np, self.table_size)
+        assert out.shape == (x01.shape[0], self.out_dim)
+        return out
+
+
 class TcnnHashGridEncoding(nn.Module):
     """tiny-cuda-nn "HashGrid" with the same config; CUDA only. Output cast to float32."""
 
@@ -322,7 +350,8 @@ def tcnn_available() -> tuple[bool, str]:
 
 
 def make_hash_grid(cfg: HashGridConfig, n_input_dims: int = 3) -> nn.Module:
-    """tcnn when backend == "tcnn" (error if missing) or "auto" and available; torch otherwise."""
+    """The backend cfg.backend names (an error if it cannot run); "auto": tcnn where it imports and CUDA runs,
+    else numba where it imports (its kernels run on the CPU; on a GPU it takes the torch path), else torch."""
     if cfg.backend == "torch":
         return HashGridEncoding(cfg, n_input_dims)
     if cfg.backend == "tcnn":
@@ -330,9 +359,13 @@ def make_hash_grid(cfg: HashGridConfig, n_input_dims: int = 3) -> nn.Module:
         if not ok:
             raise RuntimeError(f"hash grid backend 'tcnn' requested but {why}")
         return TcnnHashGridEncoding(cfg, n_input_dims)
+    if cfg.backend == "numba":
+        return NumbaHashGridEncoding(cfg, n_input_dims)
     if cfg.backend == "auto":
-        ok, _ = tcnn_available()
-        return TcnnHashGridEncoding(cfg, n_input_dims) if ok else HashGridEncoding(cfg, n_input_dims)
+        if tcnn_available()[0]:
+            return TcnnHashGridEncoding(cfg, n_input_dims)
+        from fields.hashgrid_numba import numba_available
+        return NumbaHashGridEncoding(cfg, n_input_dims) if numba_available()[0] else HashGridEncoding(cfg, n_input_dims)
     raise ValueError(f"unknown hash grid backend {cfg.backend!r}")
 
 

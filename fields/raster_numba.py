@@ -30,6 +30,8 @@ from torch import Tensor
 try:                                                # optional: the PyTorch backend runs without it
     import numba
     from numba import njit, prange
+    # OpenMP, else Numba's own queue; TBB last (an older TBB that other wheels bring only warns and is skipped)
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
     _IMPORT_ERROR = None
 except (ImportError, OSError) as exc:               # pragma: no cover - depends on the environment
     numba = None

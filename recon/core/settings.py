@@ -36,7 +36,7 @@ class GridSettings:
     log2_hashmap_size: int = 19          # entries per level = 2^this (the memory knob)
     base_resolution: int = 16            # cells per axis of the coarsest level
     finest_cell_m: float = 0.02          # finest level's cell size in metres; resolution = box extent / this
-    backend: Literal["auto", "torch", "tcnn"] = "auto"  # auto: tiny-cuda-nn where it imports and CUDA runs, else torch
+    backend: Literal["auto", "torch", "numba", "tcnn"] = "auto"  # auto: tiny-cuda-nn where it imports and CUDA runs, else numba (CPU kernels), else torch
 
 
 @dataclass

@@ -96,6 +96,19 @@ def test_resume_continues_with_identical_state(tiny_scene, tmp_path):
     assert re.search(r"the first 10 iterations took \d+\.\d+ s each: about \d+\.\d min for the 2 left", straight_log)
 
 
+def test_numba_hash_grid_fits_the_same_as_torch(tiny_scene, tmp_path):
+    """The default hash-grid backend on the CPU (numba) trains to the same parameters as the PyTorch one."""
+    torch_grids = [f"model.{g}_grid.backend=torch" for g in ("sdf", "semantic", "instance")]
+    numba_grids = [f"model.{g}_grid.backend=numba" for g in ("sdf", "semantic", "instance")]
+    for name, extra in (("torch", torch_grids), ("numba", numba_grids)):
+        fit(tiny_scene, tmp_path / name, _settings("train.iters=8", *extra), progress=False, stop_at=6)
+    a = torch.load(tmp_path / "torch" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "numba" / "checkpoints" / "last.pt", weights_only=False)
+    assert a["iter"] == b["iter"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
+
+
 def test_refusals_before_any_work(tiny_scene, tmp_path):
     run = tmp_path / "run"
     fit(tiny_scene, run, _settings("train.iters=2"), progress=False)
