@@ -134,7 +134,7 @@ class _Encode(torch.autograd.Function):
         _forward(x, tab, res, mult, dense, table_size, out)
         ctx.save_for_backward(x01.detach().float())
         ctx.consts = (res, mult, dense, table_size, tuple(table.shape))
-        return torch.from_numpy(out).permute(1, 0, 2).reshape(x.shape[0], -1)              # [N, L*F] (a copy)
+        return torch.from_numpy(out).permute(1, 0, 2).reshape(x.shape[0], out.shape[0] * out.shape[2])  # [N, L*F]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -143,7 +143,7 @@ class _Encode(torch.autograd.Function):
         grad_table = np.zeros(shape, np.float32)
         _threads()
         n_pts, n_levels = x01.shape[0], res.shape[0]
-        g = grad_out.detach().float().reshape(n_pts, n_levels, -1).permute(1, 0, 2).contiguous()   # [L, N, F]
+        g = grad_out.detach().float().reshape(n_pts, n_levels, shape[1]).permute(1, 0, 2).contiguous()  # [L, N, F]
         _backward(x01.contiguous().numpy(), g.numpy(), res, mult, dense, table_size, grad_table)
         return None, torch.from_numpy(grad_table), None, None, None, None
 

@@ -34,6 +34,15 @@ def test_forward_and_table_gradient_equal_the_torch_backend(n_feat):
     torch.testing.assert_close(fast.params.grad, ref.params.grad, rtol=0, atol=1e-6)
 
 
+def test_no_points():
+    """An empty batch (e.g. no sample carries weight for the semantic field) gives [0, L*F] and a zero gradient."""
+    ref, fast = _pair()
+    out = fast(torch.zeros(0, 3))
+    assert out.shape == (0, ref.out_dim)
+    out.sum().backward()
+    assert float(fast.params.grad.abs().sum()) == 0.0
+
+
 def test_one_dense_level_by_hand():
     """One level, 2 cells per axis, dense: the point (0.25, 0.5, 0.75) sits at grid position (0.5, 1, 1.5) ->
     cell (0, 1, 1), fractions (0.5, 0, 0.5); only corners with y bit 0 weigh, 0.25 each."""

@@ -318,32 +318,8 @@ def resample_to_camera(img: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray, ds
             img = np.asarray(Image.fromarray(img).resize(new, Image.Resampling.BOX))
             K_src = scale_intrinsics(K_src, (Ws, Hs), new)
             Hs, Ws = img.shape[:2]
-    us, vs = source_pixel_map(K_src, K_dst, dst_size)
-    out_shape = (dst_size[1], dst_size[0]) + img.shape[2:]
-    if interp == "nearest":
-        iu = np.floor(us + 0.5).astype(np.int64)
-        iv = np.floor(vs + 0.5).astype(np.int64)
-        ok = (iu >= 0) & (iu < Ws) & (iv >= 0) & (iv < Hs)
-        out = np.zeros(out_shape, dtype=img.dtype)
-        out[ok] = img[iv[ok], iu[ok]]
-        return out
-    # bilinear; points up to half a pixel outside the centres clamp to the border pixel
-    ok = (us >= -0.5) & (us <= Ws - 0.5) & (vs >= -0.5) & (vs <= Hs - 0.5)
-    uc = np.clip(us, 0, Ws - 1)
-    vc = np.clip(vs, 0, Hs - 1)
-    u0 = np.minimum(np.floor(uc).astype(np.int64), max(Ws - 2, 0))
-    v0 = np.minimum(np.floor(vc).astype(np.int64), max(Hs - 2, 0))
-    u1 = np.minimum(u0 + 1, Ws - 1)
-    v1 = np.minimum(v0 + 1, Hs - 1)
-    a = (uc - u0)[..., None] if img.ndim == 3 else uc - u0
-    b = (vc - v0)[..., None] if img.ndim == 3 else vc - v0
-    f = img.astype(np.float64)
-    val = (f[v0, u0] * (1 - a) * (1 - b) + f[v0, u1] * a * (1 - b) + f[v1, u0] * (1 - a) * b + f[v1, u1] * a * b)
-    val[~ok] = 0
-    if np.issubdtype(img.dtype, np.integer):
-        info = np.iinfo(img.dtype)
-        val = np.clip(np.rint(val), info.min, info.max)
-    return val.astype(img.dtype)
+    us, vs = source_pixel_map(K_src, K_dst, dst_size)                           # [h, w] each
+    return sample_image(img, us, vs, interp)
 
 
 def parse_resolution(text: str | None, default: str) -> str | tuple[int, int]:
