@@ -112,8 +112,8 @@ def test_every_shipped_setting_has_help_and_checked_choices():
         missing = [r.key for r in settings_rows(cls()) if not r.help]
         assert missing == [], f"{cls.__name__}: settings without a help comment: {missing}"
     rows = {r.key: r for r in settings_rows(FitSettings())}
-    assert rows["model.sdf_grid.backend"].type == "auto | torch | tcnn"
-    with pytest.raises(ConfigError, match=r"must be one of \['auto', 'torch', 'tcnn'\], got 'cuda'"):
+    assert rows["model.sdf_grid.backend"].type == "auto | torch | numba | tcnn"
+    with pytest.raises(ConfigError, match=r"must be one of \['auto', 'torch', 'numba', 'tcnn'\], got 'cuda'"):
         load_config(FitSettings, None, ["model.sdf_grid.backend=cuda"])
     with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         load_config(FitSettings, None, ["train.device=gpu"])
