@@ -548,18 +548,8 @@ class RunViewer:
                 self._renderer = load_view_renderer(self.run, device="auto", log=self._log)
         w, h = render_size(aspect, max_side)
         K, c2w = pinhole_from_fov(fov_y_rad, w, h), viser_camera_to_c2w(wxyz, position)
-        if self._renderer.has_gaussians and not self._any_gaussian_in_view(K, c2w, w, h):
-            return np.zeros((h, w, 3), np.uint8)    # nothing in view (the torch rasteriser fails on none)
         out = self._renderer.render(K, c2w, w, h)
         return np.round(np.clip(out["rgb"], 0, 1) * 255).astype(np.uint8)
-
-    def _any_gaussian_in_view(self, K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> bool:
-        import torch
-        from fields.gaussians import frustum_candidates
-        g = self._renderer.gaussians
-        dev = g.means.device
-        w2c = torch.linalg.inv(torch.as_tensor(c2w, dtype=torch.float32, device=dev))
-        return len(frustum_candidates(g, torch.as_tensor(K, dtype=torch.float32, device=dev), w2c, width, height)) > 0
 
     def _on_render_click(self, client) -> None:
         cam = client.camera

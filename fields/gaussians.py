@@ -425,10 +425,10 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
         if cuda:
             from fields.raster_gsplat import gsplat_available
             return "gsplat" if gsplat_available()[0] else "torch"
-        from fields.raster_numba import numba_available
+        from fields.numba_jit import numba_available
         return "numba" if numba_available()[0] else "torch"
     if name == "numba":
-        from fields.raster_numba import numba_available
+        from fields.numba_jit import numba_available
         ok, why = numba_available()
         if not ok:
             raise ValueError(f"appearance.backend=numba: {why}")

@@ -56,6 +56,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -289,12 +290,11 @@ class NumbaHashGridEncoding(HashGridEncoding):
     a GPU take HashGridEncoding's path."""
 
     def __init__(self, cfg: HashGridConfig, n_input_dims: int = 3):
-        from fields.hashgrid_numba import numba_available
+        from fields.numba_jit import numba_available
         ok, why = numba_available()
         if not ok:
             raise RuntimeError(f"hash grid backend 'numba' requested but {why}")
         super().__init__(cfg, n_input_dims)
-        import numpy as np
         self._np = (np.asarray(self.resolutions, np.float32),                              # [L] cells per axis
                     self.axis_mult.numpy().astype(np.int64).copy(),                        # [L, 3]
                     np.array([lv < self.n_dense for lv in range(self.n_levels)]))          # [L] dense levels
@@ -364,7 +364,7 @@ def make_hash_grid(cfg: HashGridConfig, n_input_dims: int = 3) -> nn.Module:
     if cfg.backend == "auto":
         if tcnn_available()[0]:
             return TcnnHashGridEncoding(cfg, n_input_dims)
-        from fields.hashgrid_numba import numba_available
+        from fields.numba_jit import numba_available
         return NumbaHashGridEncoding(cfg, n_input_dims) if numba_available()[0] else HashGridEncoding(cfg, n_input_dims)
     raise ValueError(f"unknown hash grid backend {cfg.backend!r}")
 

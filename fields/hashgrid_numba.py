@@ -20,23 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-try:                                                # optional: the PyTorch backend runs without it
-    import numba
-    from numba import njit, prange
-    # OpenMP, else Numba's own queue; TBB last (an older TBB that other wheels bring only warns and is skipped)
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-    _IMPORT_ERROR = None
-except (ImportError, OSError) as exc:               # pragma: no cover - depends on the environment
-    numba = None
-    _IMPORT_ERROR = exc
-
-
-def numba_available() -> tuple[bool, str]:
-    """(True, version) where Numba imports, else (False, why)."""
-    if numba is None:
-        return False, f"numba does not import ({_IMPORT_ERROR!r})"
-    return True, numba.__version__
+from fields.numba_jit import match_torch_threads, njit, numba, prange
 
 
 if numba is not None:
@@ -49,6 +33,29 @@ if numba is not None:
         if dense:
             return off + tx + ty + tz
         return off + (tx ^ ty ^ tz)
+
+    @njit(cache=True, inline="always")
+    def _cell(x: np.ndarray, n: int, r: np.float32):
+        """Point n's cell (i0, i1, i2) and fractions (f0, f1, f2) on a level of r cells per axis: the point
+        clamped to [0, 1], the cell index to r - 1 (as hash_grid_indices_weights)."""
+        p0 = min(max(x[n, 0], np.float32(0.0)), np.float32(1.0))
+        p1 = min(max(x[n, 1], np.float32(0.0)), np.float32(1.0))
+        p2 = min(max(x[n, 2], np.float32(0.0)), np.float32(1.0))
+        q0, q1, q2 = p0 * r, p1 * r, p2 * r
+        c0 = min(np.floor(q0), r - np.float32(1.0))
+        c1 = min(np.floor(q1), r - np.float32(1.0))
+        c2 = min(np.floor(q2), r - np.float32(1.0))
+        return int(c0), int(c1), int(c2), q0 - c0, q1 - c1, q2 - c2
+
+    @njit(cache=True, inline="always")
+    def _corner(c: int, i0: int, i1: int, i2: int, f0, f1, f2, mx: int, my: int, mz: int, dense: bool, mask: int,
+                off: int):
+        """(trilinear weight, table row) of corner c = 4 cz + 2 cy + cx of the cell; the weight multiplied
+        (z * y) * x as the torch backend does, so the sums agree to the bit."""
+        bx, by, bz = c & 1, (c >> 1) & 1, (c >> 2) & 1
+        w = ((f2 if bz else np.float32(1.0) - f2) * (f1 if by else np.float32(1.0) - f1)
+             * (f0 if bx else np.float32(1.0) - f0))
+        return w, _corner_row(i0 + bx, i1 + by, i2 + bz, mx, my, mz, dense, mask, off)
 
     @njit(parallel=True, cache=True, fastmath=False)
     def _forward(x: np.ndarray, table: np.ndarray, res: np.ndarray, mult: np.ndarray, dense: np.ndarray,
@@ -64,23 +71,12 @@ if numba is not None:
             r = res[lv]
             off = lv * table_size
             for n in range(n_pts):
-                p0 = min(max(x[n, 0], np.float32(0.0)), np.float32(1.0))
-                p1 = min(max(x[n, 1], np.float32(0.0)), np.float32(1.0))
-                p2 = min(max(x[n, 2], np.float32(0.0)), np.float32(1.0))
-                q0, q1, q2 = p0 * r, p1 * r, p2 * r
-                c0 = min(np.floor(q0), r - np.float32(1.0))
-                c1 = min(np.floor(q1), r - np.float32(1.0))
-                c2 = min(np.floor(q2), r - np.float32(1.0))
-                f0, f1, f2 = q0 - c0, q1 - c1, q2 - c2
-                i0, i1, i2 = int(c0), int(c1), int(c2)
+                i0, i1, i2, f0, f1, f2 = _cell(x, n, r)
                 for f in range(n_feat):
                     out[lv, n, f] = np.float32(0.0)
                 for c in range(8):
-                    bx, by, bz = c & 1, (c >> 1) & 1, (c >> 2) & 1
-                    w = ((f2 if bz else np.float32(1.0) - f2) * (f1 if by else np.float32(1.0) - f1)
-                         * (f0 if bx else np.float32(1.0) - f0))          # (z * y) * x as the torch backend
-                    row = _corner_row(i0 + bx, i1 + by, i2 + bz, mult[lv, 0], mult[lv, 1], mult[lv, 2],
-                                      dense[lv], mask, off)
+                    w, row = _corner(c, i0, i1, i2, f0, f1, f2, mult[lv, 0], mult[lv, 1], mult[lv, 2], dense[lv],
+                                     mask, off)
                     for f in range(n_feat):
                         out[lv, n, f] += w * table[row, f]
 
@@ -97,28 +93,12 @@ if numba is not None:
             r = res[lv]
             off = lv * table_size
             for n in range(n_pts):
-                p0 = min(max(x[n, 0], np.float32(0.0)), np.float32(1.0))
-                p1 = min(max(x[n, 1], np.float32(0.0)), np.float32(1.0))
-                p2 = min(max(x[n, 2], np.float32(0.0)), np.float32(1.0))
-                q0, q1, q2 = p0 * r, p1 * r, p2 * r
-                c0 = min(np.floor(q0), r - np.float32(1.0))
-                c1 = min(np.floor(q1), r - np.float32(1.0))
-                c2 = min(np.floor(q2), r - np.float32(1.0))
-                f0, f1, f2 = q0 - c0, q1 - c1, q2 - c2
-                i0, i1, i2 = int(c0), int(c1), int(c2)
+                i0, i1, i2, f0, f1, f2 = _cell(x, n, r)
                 for c in range(8):
-                    bx, by, bz = c & 1, (c >> 1) & 1, (c >> 2) & 1
-                    w = ((f2 if bz else np.float32(1.0) - f2) * (f1 if by else np.float32(1.0) - f1)
-                         * (f0 if bx else np.float32(1.0) - f0))          # (z * y) * x as the torch backend
-                    row = _corner_row(i0 + bx, i1 + by, i2 + bz, mult[lv, 0], mult[lv, 1], mult[lv, 2],
-                                      dense[lv], mask, off)
+                    w, row = _corner(c, i0, i1, i2, f0, f1, f2, mult[lv, 0], mult[lv, 1], mult[lv, 2], dense[lv],
+                                     mask, off)
                     for f in range(n_feat):
                         grad_table[row, f] += w * grad_out[lv, n, f]
-
-
-def _threads() -> None:
-    """Numba's threads follow torch's (train.threads), within the pool Numba started with."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 class _Encode(torch.autograd.Function):
@@ -130,7 +110,7 @@ class _Encode(torch.autograd.Function):
         x = x01.detach().float().contiguous().numpy()
         tab = table.detach().contiguous().numpy()
         out = np.empty((res.shape[0], x.shape[0], tab.shape[1]), np.float32)              # [L, N, F]
-        _threads()
+        match_torch_threads()
         _forward(x, tab, res, mult, dense, table_size, out)
         ctx.save_for_backward(x01.detach().float())
         ctx.consts = (res, mult, dense, table_size, tuple(table.shape))
@@ -141,7 +121,7 @@ class _Encode(torch.autograd.Function):
         (x01,) = ctx.saved_tensors
         res, mult, dense, table_size, shape = ctx.consts
         grad_table = np.zeros(shape, np.float32)
-        _threads()
+        match_torch_threads()
         n_pts, n_levels = x01.shape[0], res.shape[0]
         g = grad_out.detach().float().reshape(n_pts, n_levels, shape[1]).permute(1, 0, 2).contiguous()  # [L, N, F]
         _backward(x01.contiguous().numpy(), g.numpy(), res, mult, dense, table_size, grad_table)

@@ -27,26 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-try:                                                # optional: the PyTorch backend runs without it
-    import numba
-    from numba import njit, prange
-    # OpenMP, else Numba's own queue; TBB last (an older TBB that other wheels bring only warns and is skipped)
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-    _IMPORT_ERROR = None
-except (ImportError, OSError) as exc:               # pragma: no cover - depends on the environment
-    numba = None
-    _IMPORT_ERROR = exc
+from fields.numba_jit import njit, numba, prange
 
 ALPHA_MAX = 0.99          # as fields/gaussians.py
 ALPHA_MIN = 1.0 / 255.0
 T_STOP = 1e-4             # a pixel stops blending once its transmittance is below this (3DGS, gsplat)
-
-
-def numba_available() -> tuple[bool, str]:
-    """(True, version) where Numba imports, else (False, why)."""
-    if numba is None:
-        return False, f"numba does not import ({_IMPORT_ERROR!r}); 'pip install numba' (requirements.txt pins it)"
-    return True, numba.__version__
 
 
 if numba is not None:

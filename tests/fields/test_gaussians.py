@@ -8,7 +8,7 @@ from fields.gaussians import (EPS2D, SH_C0, SH_C1, GaussianModel, eval_sh, norma
                               project_gaussians, quat_to_rotmat, rasterize, render_gaussians, rotmat_to_quat,
                               rgb_to_sh_dc)
 
-from fields.raster_numba import numba_available
+from fields.numba_jit import numba_available
 
 # both CPU blending backends must pass the hand-computed cases (numba: fields/raster_numba.py)
 BLENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available()[0],

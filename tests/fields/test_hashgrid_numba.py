@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fields.hashgrid import HashGridConfig, HashGridEncoding, NumbaHashGridEncoding, make_hash_grid
-from fields.hashgrid_numba import numba_available
+from fields.numba_jit import numba_available
 
 pytestmark = pytest.mark.skipif(not numba_available()[0], reason=f"numba unavailable: {numba_available()[1]}")
 
@@ -83,3 +83,13 @@ def test_deterministic_and_the_auto_backend_on_cpu():
     assert isinstance(make_hash_grid(HashGridConfig(n_levels=2, log2_hashmap_size=8, finest_resolution=32)),
                       NumbaHashGridEncoding)
     assert type(make_hash_grid(HashGridConfig(backend="torch"))) is HashGridEncoding
+
+
+def test_without_numba_auto_falls_back_and_numba_is_refused(monkeypatch):
+    import fields.numba_jit as nj
+    monkeypatch.setattr(nj, "numba", None)
+    monkeypatch.setattr(nj, "_IMPORT_ERROR", ImportError("no module named numba"))
+    assert type(make_hash_grid(HashGridConfig(n_levels=2, log2_hashmap_size=8, finest_resolution=32))) \
+        is HashGridEncoding
+    with pytest.raises(RuntimeError, match="hash grid backend 'numba' requested but numba does not import"):
+        make_hash_grid(HashGridConfig(n_levels=2, log2_hashmap_size=8, finest_resolution=32, backend="numba"))

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import fields.raster_numba as rn
+from fields.numba_jit import numba_available
 from fields.gaussians import GaussianModel, pixel_extent, rasterize, render_gaussians, resolve_backend, rgb_to_sh_dc
 
-pytestmark = pytest.mark.skipif(not rn.numba_available()[0], reason=rn.numba_available()[1])
+pytestmark = pytest.mark.skipif(not numba_available()[0], reason=numba_available()[1])
 
 
 def random_splats(n: int, width: int, height: int, seed: int, dtype=torch.float64):
@@ -83,9 +84,10 @@ def test_resolve_backend():
 
 
 def test_missing_numba_is_reported(monkeypatch):
-    monkeypatch.setattr(rn, "numba", None)
-    monkeypatch.setattr(rn, "_IMPORT_ERROR", ImportError("no module named numba"))
-    ok, why = rn.numba_available()
+    import fields.numba_jit as nj
+    monkeypatch.setattr(nj, "numba", None)
+    monkeypatch.setattr(nj, "_IMPORT_ERROR", ImportError("no module named numba"))
+    ok, why = numba_available()
     assert not ok and "pip install numba" in why
     assert resolve_backend("auto", "cpu") == "torch"
     with pytest.raises(ValueError, match="appearance.backend=numba"):
