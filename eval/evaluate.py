@@ -16,7 +16,8 @@ for the same reason. 2D (eval/panoptic_metrics.py): the run's rendered label ima
 RUN/labels/semantic|instance/<fid>.png (recon/data/run_files.py) against gt/semantic|instance
 over all frames of the scene concatenated into one image: panoptic_2d (PQ at IoU > 0.5),
 panoptic_2d_paper (IoU > 0.3, the PanopticRecon++ threshold for Replica / ScanNet++),
-semantic_2d, instance_2d; the same for the held-out frames ("eval" minus "train") under
+semantic_2d, semantic_2d_paper (mIoU per frame, then averaged, as the PanopticRecon++ evaluation code does),
+instance_2d; the same for the held-out frames ("eval" minus "train") under
 "heldout". The TSDF-fusion
 baseline fuses the same training depth at the same voxel size and is scored by the
 same code, under "baselines".
@@ -42,7 +43,7 @@ from eval.image_metrics import (LPIPS_MIN_SIZE, LPIPS_NOT_GIVEN, Lpips, LpipsWei
 from eval.metrics import (confusion_matrix, geometry_metrics, sample_mesh_points, semantic_metrics,
                           visible_face_mask)
 from eval.mesh_utils import raycast_depth
-from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
+from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores, semantic_scores_per_frame
 from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text
 from recon.core.runfolder import writes_run
@@ -141,14 +142,24 @@ def _pq_block(pq: dict, names: dict[int, str]) -> dict:
 
 
 def panoptic_2d_scores(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, gt_inst: np.ndarray,
-                       scene: Scene) -> dict:
-    """panoptic_2d, panoptic_2d_paper, semantic_2d and instance_2d blocks over flattened [P] labels."""
+                       scene: Scene, pixels_per_frame: int | None = None) -> dict:
+    """panoptic_2d, panoptic_2d_paper, semantic_2d and instance_2d blocks over flattened [P] labels.
+
+    pixels_per_frame: the frames' size when [P] is frames of that size end to end; then semantic_2d_paper
+    (mIoU per frame, averaged: the PanopticRecon++ evaluation code) is added.
+    """
     names = {c.id: c.name for c in scene.classes}
     things = scene.thing_ids()
     out = {key: _pq_block(panoptic_quality(pred_sem, pred_inst, gt_sem, gt_inst, things, thr), names)
            for key, thr in (("panoptic_2d", PQ_THRESHOLD), ("panoptic_2d_paper", PQ_THRESHOLD_PAPER))}
     sm = semantic_scores(pred_sem, gt_sem, scene.n_classes)
     out["semantic_2d"] = {"miou": round(sm["miou"], 3), "macc": round(sm["macc"], 3)}
+    if pixels_per_frame:
+        assert gt_sem.shape[0] % pixels_per_frame == 0, f"{gt_sem.shape[0]} pixels are not frames of {pixels_per_frame}"
+        frames = zip(np.asarray(pred_sem).reshape(-1, pixels_per_frame), np.asarray(gt_sem).reshape(-1, pixels_per_frame))
+        pf = semantic_scores_per_frame(frames, scene.n_classes)
+        out["semantic_2d_paper"] = {"miou": round(pf["miou"], 3), "macc": round(pf["macc"], 3),
+                                    "n_frames": pf["n_frames"]}
     cov = instance_coverage(pred_inst, gt_sem, gt_inst, things)
     out["instance_2d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
                           "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"]}
@@ -170,7 +181,7 @@ def panoptic_2d_metrics(run: Path, scene: Scene) -> dict:
 
     def scores(idx: list[int]) -> dict:
         cat = [np.concatenate([per_frame[i][k] for i in idx]) for k in range(4)]
-        return panoptic_2d_scores(*cat, scene)
+        return panoptic_2d_scores(*cat, scene, pixels_per_frame=scene.width * scene.height)
 
     out = scores(list(range(len(scene.frame_ids))))
     out["frames_2d"] = len(scene.frame_ids)
@@ -329,10 +340,17 @@ def semantic_3d_block(pred: np.ndarray, gt_labels: np.ndarray, scene: Scene) -> 
 
 
 def instance_3d_block(inst: np.ndarray, gt: dict, scene: Scene) -> dict:
-    """{mcov, mwcov, n_gt_instances, n_pred_instances} of predicted instance ids [N] at the observed GT vertices."""
-    cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids())
+    """{mcov, mwcov, n_gt_instances, n_pred_instances, per_instance} of predicted instance ids [N] at the observed
+    GT vertices. per_instance: {"<class name>#<GT id>" (the keys of the mask reference's per_instance):
+    {iou, n_vertices, pred, share, purity, parts}} (eval/panoptic_metrics.py instance_coverage)."""
+    cov = instance_coverage(inst, gt["vertex_semantic"], gt["vertex_instance"], scene.thing_ids(), per_instance=True)
+    names = {c.id: c.name for c in scene.classes}
+    per = {f"{names.get(r['class'], str(r['class']))}#{r['instance']}":
+           {"iou": round(r["iou"], 1), "n_vertices": r["size"], "pred": r["pred"], "share": round(r["share"], 1),
+            "purity": round(r["purity"], 1), "parts": r["parts"]} for r in cov["per_instance"]}
     return {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
-            "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"]}
+            "n_gt_instances": cov["n_gt_instances"], "n_pred_instances": cov["n_pred_instances"],
+            "per_instance": per}
 
 
 def field_label_metrics(run: Path, scene: Scene, gt: dict, point_labeller: PointLabeller, log=print) -> dict:

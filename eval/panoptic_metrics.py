@@ -154,14 +154,56 @@ def semantic_scores(pred_sem, gt_sem, n_classes: int) -> dict:
     return semantic_metrics(confusion_matrix(pred_sem, gt_sem, n_classes, ignore_gt=0))
 
 
-def instance_coverage(pred_inst, gt_sem, gt_inst, thing_ids: Iterable[int]) -> dict:
+def semantic_scores_per_frame(frames: Iterable[tuple[np.ndarray, np.ndarray]], n_classes: int) -> dict:
+    """mIoU / mAcc (percent) the way the PanopticRecon++ evaluation code computes them: per frame, then averaged.
+
+    frames: (pred_sem, gt_sem) label images of each frame (any shape, flattened). In each frame, over the
+    pixels whose GT class is not 0, every class c present in that frame's GT gets
+        IoU_c,f = TP / (TP + FP + FN),   Acc_c,f = TP / (TP + FN).
+    A class's score is the mean over the frames whose GT holds it, and mIoU / mAcc are the means over the
+    classes present in some frame. Unlike `semantic_scores` (one confusion matrix over the scene), a class
+    weighs the same in a frame where it covers 10 pixels as in one where it covers 10,000, and a prediction
+    of c in a frame whose GT lacks c costs nothing there.
+
+    Returns {"miou", "macc", "n_frames" (frames with a GT class), "per_class_iou": {class: %}}.
+    """
+    iou_sum = np.zeros(int(n_classes))      # [C] sum over frames of IoU_c,f
+    acc_sum = np.zeros(int(n_classes))      # [C]
+    n_seen = np.zeros(int(n_classes))       # [C] frames whose GT holds c
+    n_frames = 0
+    for pred_sem, gt_sem in frames:
+        gt = _flat_labels("gt_sem", gt_sem)
+        pred = _flat_labels("pred_sem", pred_sem, gt.shape[0])
+        conf = confusion_matrix(pred, gt, n_classes, ignore_gt=0).astype(np.float64)  # [C, C] rows GT
+        gt_count, pred_count, tp = conf.sum(axis=1), conf.sum(axis=0), np.diag(conf)
+        present = gt_count > 0
+        if not present.any():
+            continue
+        n_frames += 1
+        iou_sum[present] += tp[present] / (gt_count[present] + pred_count[present] - tp[present])
+        acc_sum[present] += tp[present] / gt_count[present]
+        n_seen[present] += 1
+    seen = np.flatnonzero(n_seen > 0)
+    iou = 100.0 * iou_sum[seen] / n_seen[seen]
+    acc = 100.0 * acc_sum[seen] / n_seen[seen]
+    return {"miou": float(iou.mean()) if seen.size else float("nan"),
+            "macc": float(acc.mean()) if seen.size else float("nan"),
+            "n_frames": n_frames, "per_class_iou": {int(c): float(x) for c, x in zip(seen, iou)}}
+
+
+def instance_coverage(pred_inst, gt_sem, gt_inst, thing_ids: Iterable[int], per_instance: bool = False) -> dict:
     """mCov and mWCov (percent) of GT thing instances by predicted instances.
 
     GT instances: elements with a thing class and instance > 0, keyed by (class, instance).
     Predicted instances: elements with pred_inst > 0 (class-agnostic). Elements with GT class 0
     are dropped first. For GT instance g: Cov_g = max_p |g n p| / |g u p| (0 if nothing overlaps);
     mCov = mean_g Cov_g, mWCov = sum_g |g| Cov_g / sum_g |g|.
-    Returns {"mcov", "mwcov" (NaN if no GT instance), "n_gt_instances", "n_pred_instances"}.
+    Returns {"mcov", "mwcov" (NaN if no GT instance), "n_gt_instances", "n_pred_instances"}, and with
+    per_instance=True also "per_instance": one dict per GT instance, in (class, instance) order:
+        class, instance, size |g|, iou (Cov_g, percent), pred (the best-IoU predicted id, 0 if none),
+        share = |g n p| / |g| of that prediction (how much of g it holds), purity = |g n p| / |p| (how
+        much of it is g: low = merged with other things or with stuff), parts = the number of predicted ids
+        holding at least 10 % of g (2 or more = g was split).
     """
     gt_sem = _flat_labels("gt_sem", gt_sem)
     n = gt_sem.shape[0]
@@ -181,15 +223,31 @@ def instance_coverage(pred_inst, gt_sem, gt_inst, thing_ids: Iterable[int]) -> d
     p_full[pred_inst > 0] = p_seg
     n_g, n_p = g_ids.shape[0], p_ids.shape[0]
     if n_g == 0:
-        return {"mcov": float("nan"), "mwcov": float("nan"), "n_gt_instances": 0, "n_pred_instances": int(n_p)}
+        return {"mcov": float("nan"), "mwcov": float("nan"), "n_gt_instances": 0, "n_pred_instances": int(n_p),
+                **({"per_instance": []} if per_instance else {})}
     g_area = np.bincount(g_seg, minlength=n_g).astype(np.float64)  # [Sg]
     p_area = np.bincount(p_seg, minlength=n_p).astype(np.float64)  # [Sp]
     best = np.zeros(n_g)  # [Sg]
     both = (g_full >= 0) & (p_full >= 0)
+    gi = pi = inter = iou = np.zeros(0, np.int64)
     if both.any():
         pair, inter = np.unique(g_full[both] * n_p + p_full[both], return_counts=True)
         gi, pi = pair // n_p, pair % n_p
         iou = inter / (g_area[gi] + p_area[pi] - inter)
         np.maximum.at(best, gi, iou)
-    return {"mcov": 100.0 * float(best.mean()), "mwcov": 100.0 * float((best * g_area).sum() / g_area.sum()),
-            "n_gt_instances": int(n_g), "n_pred_instances": int(n_p)}
+    out = {"mcov": 100.0 * float(best.mean()), "mwcov": 100.0 * float((best * g_area).sum() / g_area.sum()),
+           "n_gt_instances": int(n_g), "n_pred_instances": int(n_p)}
+    if per_instance:
+        rows = []
+        for g in range(n_g):
+            mine = np.flatnonzero(gi == g)                     # the predicted segments overlapping g
+            row = {"class": int(g_ids[g] // stride), "instance": int(g_ids[g] % stride), "size": int(g_area[g]),
+                   "iou": 100.0 * float(best[g]), "pred": 0, "share": 0.0, "purity": 0.0,
+                   "parts": int((inter[mine] >= 0.1 * g_area[g]).sum())}
+            if mine.size:
+                k = mine[np.argmax(iou[mine])]
+                row.update(pred=int(p_ids[pi[k]]), share=100.0 * float(inter[k] / g_area[g]),
+                           purity=100.0 * float(inter[k] / p_area[pi[k]]))
+            rows.append(row)
+        out["per_instance"] = rows
+    return out

@@ -41,7 +41,9 @@ def summary_of(metrics: dict) -> dict:
             node = node[p]
         return None if node is None or (isinstance(node, float) and not math.isfinite(node)) else node
     return {"pq50": get("panoptic_2d", "pq"), "pq30": get("panoptic_2d_paper", "pq"),
-            "miou_2d": get("semantic_2d", "miou"), "mcov_2d": get("instance_2d", "mcov"),
+            "miou_2d": get("semantic_2d", "miou"),
+            "miou_2d_paper": get("semantic_2d_paper", "miou"),  # per frame, averaged (absent in older results)
+            "mcov_2d": get("instance_2d", "mcov"),
             "mcov_3d": get("instance_3d", "mcov"), "miou_3d": get("semantic_3d", "miou"),
             "f1": get("geometry", "f1"), "chamfer_l1_cm": get("geometry", "chamfer_l1_cm"),
             "fit_seconds": get("timing", "fit_seconds"), "peak_rss_mb": get("timing", "peak_rss_mb"),

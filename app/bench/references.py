@@ -29,7 +29,8 @@ def scene_fingerprint(scene_dir: Path) -> str:
 def ensure_references(suite: Suite, out: Path, log=print) -> dict[str, dict]:
     """The mask references (eval/mask_reference.py) of the suite's scenes that exist under `out` (or as
     scene folders), computed once into DIR/references/<scene_key>.json and recomputed when the scene's
-    masks or GT mesh change: {scene key: {"semantic_3d_miou", "instance_3d_mcov"}}. Scenes without masks,
+    masks or GT mesh change: {scene key: {"semantic_3d_miou", "instance_3d_mcov", "instance_3d_per_instance"
+    (where the scene has thing instances)}}. Scenes without masks,
     a GT mesh or GT labels are left out; a scene whose reference fails is logged and left out."""
     refs: dict[str, dict] = {}
     seen = set()
@@ -59,4 +60,6 @@ def ensure_references(suite: Suite, out: Path, log=print) -> dict[str, dict]:
         ref = doc["reference"]
         refs[key] = {"semantic_3d_miou": ref["semantic_3d"]["miou"],
                      "instance_3d_mcov": ref.get("instance_3d", {}).get("mcov")}
+        if ref.get("instance_3d", {}).get("per_instance"):
+            refs[key]["instance_3d_per_instance"] = ref["instance_3d"]["per_instance"]
     return json_clean(refs)

@@ -19,7 +19,8 @@ import numpy as np
 
 from recon.core.io import atomic_write_bytes, atomic_write_text
 
-COLUMNS = (("pq50", "PQ@0.5", 1), ("pq30", "PQ@0.3", 1), ("miou_2d", "mIoU 2D", 1), ("mcov_2d", "mCov 2D", 1),
+COLUMNS = (("pq50", "PQ@0.5", 1), ("pq30", "PQ@0.3", 1), ("miou_2d", "mIoU 2D", 1),
+           ("miou_2d_paper", "mIoU 2D/frame", 1), ("mcov_2d", "mCov 2D", 1),
            ("mcov_3d", "mCov 3D", 1), ("miou_3d", "mIoU 3D", 1), ("f1", "F1", 2), ("chamfer_l1_cm", "C-L1 cm", 2),
            ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 3), ("depth_absrel", "depth AbsRel", 3),
            ("render_fps", "render fps", 1), ("fit_seconds", "fit s", 1), ("peak_rss_mb", "peak MB", 0))
@@ -258,6 +259,56 @@ def references_section(results: dict) -> list[str]:
     return lines
 
 
+INSTANCE_GAP_POINTS = 10.0   # an instance is listed when a method's IoU is this far under the masks' reference
+
+
+def instance_gaps(results: dict, gap: float = INSTANCE_GAP_POINTS) -> list[dict]:
+    """GT thing instances where a fit method's instance_3d IoU is at least `gap` points under the masks'
+    reference IoU for that instance (metrics.json instance_3d.per_instance against the reference's), largest
+    gap first: {scene, method, instance, n_vertices, iou, reference, mask_coverage, parts, share, purity,
+    reading}. reading: "split" (2+ predicted ids hold >= 10 % of it each), "merged" (its best prediction
+    is mostly something else: purity < 60 %), "missed" (no prediction), else "partial"."""
+    refs = results.get("references") or {}
+    rows = []
+    for c in results["cells"]:
+        ref = (refs.get(c["scene"]) or {}).get("instance_3d_per_instance") or {}
+        mine = ((c.get("metrics") or {}).get("instance_3d") or {}).get("per_instance") or {}
+        if c["status"] != "done" or c["method_kind"] != "fit" or not ref or not mine:
+            continue
+        for name, r in ref.items():
+            m = mine.get(name)
+            if m is None or r["iou"] - m["iou"] < gap:
+                continue
+            reading = ("missed" if m["pred"] == 0 else "split" if m["parts"] >= 2
+                       else "merged" if m["purity"] < 60.0 else "partial")
+            rows.append({"scene": c["scene"], "method": c["method_label"], "instance": name,
+                         "n_vertices": m["n_vertices"], "iou": m["iou"], "reference": r["iou"],
+                         "mask_coverage": r.get("mask_coverage"), "parts": m["parts"], "share": m["share"],
+                         "purity": m["purity"], "reading": reading})
+    return sorted(rows, key=lambda r: r["iou"] - r["reference"])
+
+
+def instance_gaps_section(results: dict) -> list[str]:
+    """Markdown lines listing instance_gaps (at most 40 rows); [] when there is none."""
+    rows = instance_gaps(results)
+    if not rows:
+        return []
+    lines = ["", "## Instances furthest under the masks' reference", "",
+             f"GT thing instances whose instance_3d IoU is {INSTANCE_GAP_POINTS:.0f}+ points under what the masks carry "
+             "for that instance (the reference above, per instance). parts: predicted ids holding >= 10 % of it; "
+             "share: how much of it the best prediction holds; purity: how much of that prediction is it. "
+             "Reading: split (2+ parts), merged (purity < 60 %), missed, else partial.", "",
+             "| scene | method | instance | vertices | IoU | reference | mask coverage | parts | share | purity | reading |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows[:40]:
+        lines.append(f"| {r['scene']} | {r['method']} | {r['instance']} | {r['n_vertices']} | {r['iou']:.1f} | "
+                     f"{r['reference']:.1f} | {_fmt(r['mask_coverage'], 1)} | {r['parts']} | {r['share']:.1f} | "
+                     f"{r['purity']:.1f} | {r['reading']} |")
+    if len(rows) > 40:
+        lines.append(f"| ... {len(rows) - 40} more in results.json's cells | | | | | | | | | | |")
+    return lines
+
+
 def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: str = "",
                     regenerate: str | None = None) -> str:
     """The report text; figures: scene key -> PNG file names (relative to image_prefix)."""
@@ -315,6 +366,7 @@ def report_markdown(results: dict, figures: dict[str, list[str]], image_prefix: 
             lines.append("| " + " | ".join(row) + " |")
             last = sg
     lines += references_section(results)
+    lines += instance_gaps_section(results)
     lines += ["", "## Speed: fit time to reach a share of the scene's best PQ@0.5", "",
               "On the monitor frames (a fixed subset of evaluation frames rendered during the fit). Target = "
               "share x the best final PQ@0.5 of any method on that scene; – = not reached.", "",

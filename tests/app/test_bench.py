@@ -15,7 +15,7 @@ from app.bench.results import publish, schema_problems
 from app.bench.runner import run_cell_process, run_suite
 from app.bench.suites import (FUSION, SUITES, MethodSpec, SceneSpec, Suite, evenly_spaced, monitor_every, scaled_schedule,
                               suite_cells)
-from app.bench.report import panoptic_colors, time_to_reach
+from app.bench.report import instance_gaps, instance_gaps_section, panoptic_colors, time_to_reach
 
 TINY = (
     "model.sdf_grid.n_levels=6", "model.sdf_grid.log2_hashmap_size=12", "model.sdf_grid.finest_cell_m=0.1",
@@ -215,6 +215,35 @@ def test_small_helpers():
     assert col[1, 0].tolist() == instance_palette(np.array([3]))[0].tolist()   # thing with id 3: the id's colour
     assert col[1, 1].tolist() == class_palette(3)[2].tolist()        # thing class without an id: class colour
     assert col[1, 0].tolist() != col[1, 1].tolist()
+
+
+def test_instance_gaps_by_hand():
+    ref = {"table#3": {"iou": 96.0, "mask_coverage": 99.0, "n_vertices": 900},
+           "chair#1": {"iou": 80.0, "mask_coverage": 90.0, "n_vertices": 300},
+           "chair#2": {"iou": 77.0, "mask_coverage": 85.0, "n_vertices": 280},
+           "lamp#4": {"iou": 50.0, "mask_coverage": 40.0, "n_vertices": 50},
+           "sofa#5": {"iou": 70.0, "mask_coverage": 80.0, "n_vertices": 500}}
+
+    def per(iou, pred, share, purity, parts):
+        return {"iou": iou, "n_vertices": 1, "pred": pred, "share": share, "purity": purity, "parts": parts}
+    mine = {"table#3": per(65.0, 7, 66.0, 98.0, 2),     # 31 under: two predictions hold it -> split
+            "chair#1": per(41.0, 2, 90.0, 45.0, 1),     # 39 under, its prediction is mostly something else -> merged
+            "chair#2": per(70.0, 3, 75.0, 92.0, 1),     # 7 under: not listed
+            "lamp#4": per(0.0, 0, 0.0, 0.0, 0),         # 50 under -> missed
+            "sofa#5": per(58.0, 9, 60.0, 95.0, 1)}      # 12 under, one prediction, pure -> partial
+    cell = {"scene": "walk-realistic-s0", "status": "done", "method_kind": "fit", "method_label": "ours",
+            "metrics": {"instance_3d": {"per_instance": mine}}}
+    fusion = {**cell, "method_kind": "fusion"}
+    results = {"references": {"walk-realistic-s0": {"semantic_3d_miou": 1.0, "instance_3d_mcov": 1.0,
+                                                    "instance_3d_per_instance": ref}},
+               "cells": [cell, fusion]}
+    rows = instance_gaps(results)
+    assert [(r["instance"], r["reading"]) for r in rows] == [
+        ("lamp#4", "missed"), ("chair#1", "merged"), ("table#3", "split"), ("sofa#5", "partial")]
+    assert rows[2]["reference"] == 96.0 and rows[2]["iou"] == 65.0 and rows[2]["mask_coverage"] == 99.0
+    text = "\n".join(instance_gaps_section(results))
+    assert "| walk-realistic-s0 | ours | table#3 |" in text and "chair#2" not in text
+    assert instance_gaps({"references": {}, "cells": [cell]}) == [] and instance_gaps_section({"cells": []}) == []
 
 
 def test_read_monitor_curve_last_row_wins(tmp_path):

@@ -178,6 +178,7 @@ def test_end_to_end_run_folder_and_evaluation(tmp_path, monkeypatch):
     m = evaluate_run(run, baseline=False, log=lambda *a: None)
     assert m["panoptic_2d"]["iou_threshold"] == 0.5 and m["panoptic_2d_paper"]["iou_threshold"] == 0.3
     assert m["panoptic_2d"]["pq"] > 75.0 and m["panoptic_2d"]["fn"] == 0
+    assert m["semantic_2d_paper"]["n_frames"] > 0 and 0 < m["semantic_2d_paper"]["miou"] <= 100
     assert m["semantic_2d"]["miou"] > 75.0  # 83.7 measured; TSDF holes at 48x36 leave pixels unlabelled
     assert m["instance_2d"]["mcov"] > 70.0 and m["instance_3d"]["mcov"] > 60.0
     assert m["frames_2d"] == 4 and m["heldout"]["n_frames"] == 1 and "panoptic_2d" in m["heldout"]
@@ -192,6 +193,8 @@ def test_end_to_end_run_folder_and_evaluation(tmp_path, monkeypatch):
     for block in (m_gt, m_gt["heldout"]):
         assert block["panoptic_2d"]["pq"] == 100.0 and block["panoptic_2d_paper"]["pq"] == 100.0
         assert block["semantic_2d"]["miou"] == 100.0 and block["instance_2d"]["mcov"] == 100.0
+        assert block["semantic_2d_paper"]["miou"] == 100.0
+    assert m_gt["semantic_2d_paper"]["n_frames"] == len(sc) and m_gt["heldout"]["semantic_2d_paper"]["n_frames"] < len(sc)
 
     # a missing label image is an error naming the frame; no labels/ at all skips the 2D blocks
     (run / "labels" / "instance" / "000002.png").unlink()

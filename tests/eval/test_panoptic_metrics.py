@@ -7,7 +7,7 @@ same conventions).
 import numpy as np
 import pytest
 
-from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores
+from eval.panoptic_metrics import instance_coverage, panoptic_quality, semantic_scores, semantic_scores_per_frame
 
 
 def _scene_case():
@@ -151,6 +151,25 @@ def test_semantic_scores():
     assert s["macc"] == pytest.approx(75.0)
 
 
+def test_semantic_scores_per_frame_hand_computed():
+    # frame A: GT [1 1 1 2], pred [1 1 2 2] -> class 1 IoU 2/3 acc 2/3; class 2 IoU 1/2 acc 1
+    # frame B: GT [1 1 0 0], pred [1 2 2 2] -> class 1 IoU 1/2 acc 1/2 (void ignored); class 2 is not in
+    #          B's GT, so its predicted pixel in B costs nothing
+    # frame C: GT all void -> no frame
+    frames = [(np.array([1, 1, 2, 2]), np.array([1, 1, 1, 2])), (np.array([1, 2, 2, 2]), np.array([1, 1, 0, 0])),
+              (np.array([1, 2]), np.array([0, 0]))]
+    s = semantic_scores_per_frame(frames, n_classes=3)
+    assert s["n_frames"] == 2
+    assert s["per_class_iou"] == pytest.approx({1: 100.0 * 7 / 12, 2: 50.0})
+    assert s["miou"] == pytest.approx(100.0 * 13 / 24)
+    assert s["macc"] == pytest.approx(100.0 * 19 / 24)
+    # the scene-level score of the same pixels differs: class 1 IoU 3/5, class 2 IoU 1/3
+    pred = np.concatenate([f[0] for f in frames])
+    gt = np.concatenate([f[1] for f in frames])
+    assert semantic_scores(pred, gt, n_classes=3)["miou"] == pytest.approx(100.0 * (3 / 5 + 1 / 3) / 2)
+    assert np.isnan(semantic_scores_per_frame([], n_classes=3)["miou"])
+
+
 def test_instance_coverage_hand_computed():
     # px:        0  1  2  3  4  5  6  7  8
     gt_sem = np.array([2, 2, 2, 2, 2, 2, 1, 1, 0])
@@ -162,7 +181,16 @@ def test_instance_coverage_hand_computed():
     cov = instance_coverage(pr_inst, gt_sem, gt_inst, thing_ids=[2])
     assert cov["mcov"] == pytest.approx(100.0 * (0.6 + 1 / 3) / 2)
     assert cov["mwcov"] == pytest.approx(100.0 * (4 * 0.6 + 2 / 3) / 6)
-    assert (cov["n_gt_instances"], cov["n_pred_instances"]) == (2, 2)
+    assert (cov["n_gt_instances"], cov["n_pred_instances"]) == (2, 2) and "per_instance" not in cov
+    # per instance: A's best is pred 1 (3 of A's 4, 3 of pred 1's 4), and pred 1 and pred 2 both hold >= 10 % of A
+    # -> 2 parts; B's best is pred 2 (1 of B's 2, 1 of pred 2's 2), the only part
+    per = instance_coverage(pr_inst, gt_sem, gt_inst, thing_ids=[2], per_instance=True)["per_instance"]
+    assert per[0] == pytest.approx({"class": 2, "instance": 1, "size": 4, "iou": 60.0, "pred": 1, "share": 75.0,
+                                    "purity": 75.0, "parts": 2})
+    assert per[1] == pytest.approx({"class": 2, "instance": 2, "size": 2, "iou": 100 / 3, "pred": 2, "share": 50.0,
+                                    "purity": 50.0, "parts": 1})
+    missed = instance_coverage(np.zeros(9, int), gt_sem, gt_inst, [2], per_instance=True)["per_instance"]
+    assert [(r["iou"], r["pred"], r["parts"]) for r in missed] == [(0.0, 0, 0), (0.0, 0, 0)]
     none = instance_coverage(np.zeros(9, int), gt_sem, gt_inst, [2])
     assert none["mcov"] == 0.0 and none["mwcov"] == 0.0
     assert np.isnan(instance_coverage(pr_inst, gt_sem, np.zeros(9, int), [2])["mcov"])
