@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="generate a synthetic scene with exact ground truth and simulated masks",
                        description="Generate a procedural indoor scene (colour, exact depth, poses, GT labels, GT "
                                    "mesh) and simulated Grounded-SAM masks, written in the scene format.")
-    s.add_argument("--preset", default=None, help="room | apartment | clutter (default: room)")
+    s.add_argument("--preset", default=None, help="room | apartment | clutter | walk (default: room)")
     s.add_argument("--out", required=True, type=Path, help="scene folder to write")
     s.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    s.add_argument("--noise", default=None, help="mask noise level: clean | realistic | hard (default realistic)")
+    s.add_argument("--noise", default=None, help="mask noise level: clean | realistic | hard | realistic-video | hard-video (default realistic)")
     s.add_argument("--size", type=_size, default=None, help="image size WxH (default 160x120)")
     s.add_argument("--frames", type=int, default=None, help="number of frames (default: the preset's)")
     s.add_argument("--config", type=Path, default=CONFIGS / "synth.yaml", help="YAML settings file")
@@ -176,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--min-edges", type=int, default=None,
                    help="shared mesh edges needed (default: the run's setting, 3)")
 
+    mm = sub.add_parser("merge-by-masks", help="merge same-class instances the masks show as one object (finished run)",
+                        description="Post-process a finished run (no model needed): two same-class instances merge "
+                                    "where, in the training frames that show both, one 2D mask covers both (a long "
+                                    "table or a cabinet owned by two tokens; recon/postfit/mask_merge.py). Rewrites "
+                                    "mesh.ply, instances/, instances.json and labels/instance/ with one id map. Runs "
+                                    "fitted with panoptic.merge_by_masks=true have it applied already.")
+    mm.add_argument("--run", type=Path, required=True)
+    mm.add_argument("--min-frames", type=int, default=None,
+                    help="frames where one mask covers both, at least (default: the run's setting, 3)")
+    mm.add_argument("--min-share", type=float, default=None,
+                    help="... as a share of the frames showing both, at least (default: the run's setting, 0.7)")
+
     c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
                        description="Post-process a finished run: keep only mesh faces that some training view "
                                    "saw near its depth (mesh.cull_front_margin_m in front, mesh.cull_margin_m "
@@ -218,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are kept in SCENE/.segment-work/, so an interrupted run resumes.")
     g.add_argument("--scene", type=Path, required=True)
     g.add_argument("--backend", choices=["grounded-sam", "sim"], default="grounded-sam")
-    g.add_argument("--noise", default="realistic", help="with --backend sim: clean | realistic | hard")
+    g.add_argument("--noise", default="realistic", help="with --backend sim: clean | realistic | hard | realistic-video | hard-video")
     g.add_argument("--seed", type=int, default=0, help="with --backend sim: random seed")
     g.add_argument("--prompts", type=Path, default=None, help="prompt table, e.g. configs/prompts/indoor.yaml")
     g.add_argument("--dino-config", type=Path, default=None, help="GroundingDINO config (GroundingDINO_SwinT_OGC.py)")
@@ -268,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark suite (scenes x methods x seeds)",
                        description="Run a benchmark suite end to end and write DIR/results.json and DIR/report.md.")
-    b.add_argument("--suite", default="quick", help="quick | standard | ablation (app/bench/suites.py SUITES)")
+    b.add_argument("--suite", default="quick", help="quick | standard | ablation | walk (app/bench/suites.py SUITES)")
     b.add_argument("--out", type=Path, default=None, help="bench folder (default runs/bench/SUITE)")
     b.add_argument("--force", action="store_true", help="recompute cells that are done")
     b.add_argument("--only", default=None, metavar="PATTERN",

@@ -163,6 +163,13 @@ def cmd_merge_fragments(args) -> int:
 
 
 @_guard
+def cmd_merge_by_masks(args) -> int:
+    from recon.postfit.post_process import merge_run_by_masks
+    merge_run_by_masks(args.run, args.min_frames, args.min_share, progress=True)
+    return 0
+
+
+@_guard
 def cmd_cull_mesh(args) -> int:
     from recon.postfit.post_process import cull_run_mesh
     cull_run_mesh(args.run, args.front_margin)

@@ -30,7 +30,7 @@ from recon.core.settings import FitSettings, SynthSettings
 from recon.data.make_synth import make_synth_scene
 from recon.data.run_files import read_label_images
 from recon.data.scene import load_scene
-from recon.postfit.post_process import cull_run_mesh, merge_run_fragments
+from recon.postfit.post_process import cull_run_mesh, merge_run_by_masks, merge_run_fragments
 from recon.train.callbacks import MetricMonitor
 from recon.train.checkpoint import has_checkpoint
 
@@ -181,6 +181,8 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
             if "merge" in steps and (run / "instances.json").is_file():     # without instances nothing merges
                 merge_run_fragments(run, s.panoptic.fragment_max_fraction, s.panoptic.fragment_min_shared_edges,
                                     log=say)
+            if "maskmerge" in steps and (run / "instances.json").is_file():
+                merge_run_by_masks(run, s.panoptic.mask_merge_min_frames, s.panoptic.mask_merge_min_share, log=say)
         elif same and has_checkpoint(run):
             fit_scene(scene_dir, run, s, resume=True, progress=progress, extra_callbacks=extra)  # interrupted earlier
         else:

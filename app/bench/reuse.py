@@ -17,23 +17,53 @@ UNHASHED_TRAIN_KEYS = ("device",)
 # (and its parameters are unused), so such a cell keeps its identity and its finished fit stays reusable
 FRAGMENT_KEYS = ("merge_fragments", "fragment_max_fraction", "fragment_min_shared_edges")
 
+# the mask-evidence merge (recon/postfit/mask_merge.py), added later and off by default: while off its keys change
+# nothing, so cells keep their identity
+MASK_MERGE_KEYS = ("merge_by_masks", "mask_merge_min_frames", "mask_merge_min_share")
+
 # the blind split rule (tokens/adjust.py), added later and off by default: while off (blind_max_overlap 0)
 # its keys change nothing, so cells keep their identity
 BLIND_KEYS = ("blind_max_overlap", "blind_min_events", "blind_min_distance_m")
 
 
+# settings added later whose default is "off" (today's behaviour): while a key has its off value it changes nothing,
+# and neither do the keys that only qualify it, so old cells keep their identity.
+# (section, key): (off value, keys of the same section that only matter when it is on)
+OFF_KEYS = {
+    ("tokens", "formulation"): ("tokens", ("n_slots",)),            # the Panoptic Lifting baseline (tokens/slots.py)
+    ("tokens", "segment_consistency"): (0.0, ()),
+    ("loss", "noise_power"): (0.0, ("noise_ref_m",)),              # real-depth options (configs/real.yaml)
+    ("loss", "edge_rel_jump"): (0.0, ()),
+    ("render", "surface_step_m"): (0.0, ()),                        # held-out depth read-out options
+    ("render", "surface_min_solid_m"): (0.0, ()),
+    ("render", "surface_observed_m"): (0.0, ("surface_free_ratio",)),
+}
+
+
+def _strip_off_keys(cfg: dict) -> dict:
+    out = dict(cfg)
+    for (sec, key), (off, qualifiers) in OFF_KEYS.items():
+        part = out.get(sec)
+        if isinstance(part, dict) and key in part and part[key] == off:
+            out[sec] = {k: v for k, v in part.items() if k != key and k not in qualifiers}
+    return out
+
+
 def comparable_config(cfg: dict | None) -> dict | None:
     """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
-    FRAGMENT_KEYS while panoptic.merge_fragments is off; the BLIND_KEYS while the blind split is off): what
+    FRAGMENT_KEYS while panoptic.merge_fragments is off; the MASK_MERGE_KEYS while panoptic.merge_by_masks is off;
+    the BLIND_KEYS while the blind split is off; the OFF_KEYS at their off values): what
     the cell hash and fit reuse compare."""
     if not isinstance(cfg, dict):
         return cfg
-    out = dict(cfg)
+    out = _strip_off_keys(cfg)
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k not in UNHASHED_TRAIN_KEYS}
     pan = out.get("panoptic")
     if isinstance(pan, dict) and not pan.get("merge_fragments", False):
-        out["panoptic"] = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
+        out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
+    if isinstance(pan, dict) and not pan.get("merge_by_masks", False):
+        out["panoptic"] = {k: v for k, v in pan.items() if k not in MASK_MERGE_KEYS}
     tok = out.get("tokens")
     rules = tok.get("adjust_rules") if isinstance(tok, dict) else None
     if isinstance(rules, dict) and not rules.get("blind_max_overlap", 0.0):
@@ -46,13 +76,14 @@ CULL_KEY = "cull_front_margin_m"
 
 
 def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
-    """The post-processes ("cull", then "merge") that turn a finished fit with settings old_cfg into one with
+    """The post-processes ("cull", then "merge", then "maskmerge") that turn a finished fit with settings old_cfg into one with
     new_cfg, [] if none is needed, or None if no post-process can (other settings differ, a looser cull, or
     other fragment-merging settings on a run merged already): then the cell is refitted."""
     old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
 
     def without_post(c: dict) -> dict:
-        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items() if k not in FRAGMENT_KEYS},
+        return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items()
+                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS},
                 "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
     if without_post(old_c) != without_post(new_c):
         return None
@@ -70,6 +101,12 @@ def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
         if not new_frag.get("merge_fragments") or old_frag.get("merge_fragments"):
             return None                             # merged ids cannot be split again
         steps.append("merge")
+    old_mm, new_mm = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in MASK_MERGE_KEYS}
+                      for c in (old_c, new_c))
+    if old_mm != new_mm:
+        if not new_mm.get("merge_by_masks") or old_mm.get("merge_by_masks"):
+            return None                             # merged ids cannot be split again
+        steps.append("maskmerge")
     return steps
 
 

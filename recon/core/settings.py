@@ -13,11 +13,11 @@ from tokens.adjust import AdjustConfig
 class SynthSettings:
     """`run.py synth`: procedural scene + simulated Grounded-SAM masks."""
     RANGES = {"seed": ">=0", "size": "[8, 16384]", "frames": ">=2", "holdout_every": ">=0"}   # valid values, checked when the settings are loaded
-    preset: Literal["room", "apartment", "clutter"] = "room"  # the kind of scene
+    preset: Literal["room", "apartment", "clutter", "walk"] = "room"  # the kind of scene (walk: a walk-through of 2-3 rooms, recon/data/synth/walkthrough.py)
     seed: int = 0                        # one seed drives geometry, trajectory and masks
     size: tuple[int, int] = (160, 120)   # image width, height in pixels
     frames: int | None = None            # total frames; None = the preset's default
-    noise: Literal["clean", "realistic", "hard"] = "realistic"  # mask noise level of the simulated Grounded-SAM masks
+    noise: Literal["clean", "realistic", "hard", "realistic-video", "hard-video"] = "realistic"  # mask noise level of the simulated Grounded-SAM masks (-video: errors that persist over runs of frames)
     holdout_every: int = 5               # every Nth frame is held out of training (0 = none); eval uses all frames
     masks: dict[str, Any] = field(default_factory=dict)  # overrides of the level's rates, e.g. {p_miss: 0.2}
 
@@ -60,7 +60,8 @@ class ModelSettings:
 @dataclass
 class RenderSettings:
     RANGES = {"n_stratified": ">=0", "n_surface": ">=0", "band_m": ">0", "near_m": ">=0", "far_m": ">=0",
-              "xi": ">0", "chunk_rays": ">=1"}   # valid values, checked when the settings are loaded
+              "xi": ">0", "chunk_rays": ">=1", "surface_step_m": ">=0",
+              "surface_min_solid_m": ">=0", "surface_observed_m": ">=0", "surface_free_ratio": ">=0"}   # valid values, checked when the settings are loaded
     n_stratified: int = 12               # samples spread over [near, min(far, depth + band)]
     n_surface: int = 20                  # samples in [depth - band, depth + band] (rays with valid depth)
     band_m: float = 0.10                 # half width of the near-surface band, metres
@@ -68,6 +69,14 @@ class RenderSettings:
     far_m: float = 0.0                   # 0 = the largest observed depth + box margin
     xi: float = 100.0                    # sharpness of sig(s) = 1/(1+exp(-xi s)) in Eq. 11, 1/metres
     chunk_rays: int = 4096               # rays per chunk when rendering whole images
+    surface_step_m: float = 0.0          # held-out depth (the SDF surface without observed depth): search step along the ray,
+                                         # metres; 0 = 96 samples over [near, far] (recon/postfit/heldout_depth.py)
+    surface_min_solid_m: float = 0.0     # ... a + to - crossing counts only if the SDF stays <= 0 this far behind it
+                                         # (skips thin negative shells left in free space by noisy depth); 0 = the first crossing
+    surface_observed_m: float = 0.0      # ... and only where some training frame observed a surface within this distance of it
+                                         # (as the mesh cull; no surface in space no training ray reached); 0 = anywhere
+    surface_free_ratio: float = 0.0      # ... and (with surface_observed_m) only where at most this many training views saw free space
+                                         # beyond it per view that saw it as surface (a TSDF-like vote); 0 = no vote
 
     def __post_init__(self) -> None:
         if self.n_stratified + self.n_surface < 1:
@@ -78,7 +87,8 @@ class RenderSettings:
 class LossSettings:
     RANGES = {"trunc_m": ">0", "beta": ">=0", "w_sdf": ">=0", "w_free": ">=0", "w_eik": ">=0", "w_depth": ">=0",
               "w_rgb": ">=0", "w_sem": ">=0", "eik_fraction": "[0, 1]", "w_ins": ">=0", "w_cls": ">=0",
-              "w_pan": ">=0"}   # valid values, checked when the settings are loaded
+              "w_pan": ">=0", "noise_ref_m": ">=0", "noise_power": ">=0",
+              "edge_rel_jump": ">=0"}   # valid values, checked when the settings are loaded
     trunc_m: float = 0.08                # tau of Eq. 24
     beta: float = 5.0                    # free-space term exp(-beta s) - 1 of Eq. 24
     w_sdf: float = 10.0                  # truncated region |s - b|
@@ -91,6 +101,12 @@ class LossSettings:
     w_ins: float = 1.0                   # L_ins (Eq. 30): dice + BCE of the matched rendered token masks
     w_cls: float = 0.1                   # L_c (Eq. 31): token class head vs. the class of its matched mask
     w_pan: float = 0.5                   # L_pan (Eq. 33): rendered panoptic head vs. panoptic targets
+    noise_power: float = 0.0             # real depth: weight the sdf-band and depth terms per ray by min(1, (noise_ref_m / D)^this)
+                                         # (sensor noise ~ D^2: 2 gives an L1 weight 1/sigma); 0 = off (configs/real.yaml)
+    noise_ref_m: float = 1.0             # ... depth (metres) below which a ray weighs 1
+    edge_rel_jump: float = 0.0           # real depth: a pixel whose depth jumps by more than this share of it to a 4-neighbour
+                                         # (flying pixels at occlusion edges) keeps only free space up to the nearest
+                                         # neighbour depth, no surface term; 0 = off (recon/model/sampling.py depth_edge_rays)
 
 
 @dataclass
@@ -146,8 +162,16 @@ class TokenSettings:
     """The instance branch: Gaussian-modulated query tokens (METHOD.md sections 4, 5, 7)."""
     RANGES = {"n_init": ">=0", "feat_dim": ">=1", "class_dim": ">=1", "init_scale_m": ">=0", "init_frames": ">=1",
               "min_mask_pixels": ">=1", "temperature": ">0", "lr_means": ">=0", "lr_shape": ">=0",
-              "lr_features": ">=0", "adjust_points": ">=1"}   # valid values, checked when the settings are loaded
+              "lr_features": ">=0", "adjust_points": ">=1", "n_slots": ">=1",
+              "segment_consistency": ">=0"}   # valid values, checked when the settings are loaded
     enabled: bool = True                 # off, or a scene without thing masks: no instance branch
+    formulation: Literal["tokens", "slots"] = "tokens"  # tokens: ours (Gaussian-modulated sigmoid tokens, dice + BCE);
+                                         # slots: the Panoptic Lifting baseline (a softmax over n_slots fixed slots per point,
+                                         # Hungarian on -mean probability, cross-entropy; tokens/slots.py). With slots the
+                                         # spatial prior, the token adjustment and the panoptic head do not apply
+    n_slots: int = 25                    # slots: the number K of instance slots (Panoptic Lifting: 25)
+    segment_consistency: float = 0.0     # Panoptic Lifting's segment-consistency loss on the semantic field, weight
+                                         # relative to loss.w_sem (Panoptic Lifting: 1.2), from train.pan_start_iters; 0 = off
     n_init: int = 0                      # initial tokens; 0 = auto (enough for every 3D mask cluster, >= 2x the
                                          # largest number of thing masks in one frame), capped at adjust_rules.max_tokens
     feat_dim: int = 16                   # instance feature / key dimension d
@@ -157,7 +181,7 @@ class TokenSettings:
     min_mask_pixels: int = 4             # sampled pixels a 2D mask needs in a step to enter the assignment
     spatial_prior: bool = True           # ablation switch: off = G = 1 (feature similarity only)
     adjust: bool = True                  # ablation switch: off = a fixed token set
-    temperature: float = 1.0             # S = sigmoid(f_q . f_k / temperature)
+    temperature: float = 1.0             # S = sigmoid(f_q . f_k / temperature) (slots: softmax(f_q . f_k / temperature))
     lr_means: float = 2e-3               # Adam learning rates of the token parameters
     lr_shape: float = 5e-3               # quaternions and log-scales
     lr_features: float = 1e-2            # instance and class features
@@ -168,13 +192,18 @@ class TokenSettings:
 @dataclass
 class PanopticSettings:
     RANGES = {"min_instance_vertices": ">=0", "fragment_max_fraction": "[0, 1]",
-              "fragment_min_shared_edges": ">=1"}   # valid values, checked when the settings are loaded
+              "fragment_min_shared_edges": ">=1", "mask_merge_min_frames": ">=1",
+              "mask_merge_min_share": "[0, 1]"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
     merge_fragments: bool = True         # post-process: a small instance merges into the same-class instance it
                                          # touches on the mesh (recon/postfit/fragments.py; ours, not in the paper)
     fragment_max_fraction: float = 0.2   # ... if it has fewer than this share of that instance's vertices
     fragment_min_shared_edges: int = 3   # ... and shares at least this many mesh edges with it
+    merge_by_masks: bool = False         # post-process: two same-class instances merge where the training frames'
+                                         # masks show them as one object (recon/postfit/mask_merge.py; ours)
+    mask_merge_min_frames: int = 3       # ... in at least this many frames where both are in view
+    mask_merge_min_share: float = 0.7    # ... and in at least this share of those frames
 
 
 @dataclass

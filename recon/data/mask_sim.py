@@ -32,6 +32,27 @@ so a frame is a pure function of its inputs and the rng state):
 Conventions: thing pixels whose GT instance is 0 become unlabelled (0); pixels with
 a GT instance id but a stuff class are treated as stuff (instance ignored).
 `min_area_px` is in pixels at the frame's resolution (defaults tuned for 160x120).
+
+Failure modes that persist over frames (all off in "clean", "realistic" and "hard", which
+give the same masks as before they existed; the "-video" levels turn them on). A segmenter
+run frame by frame on a video makes errors that stick to an object for a while:
+
+- runs of missed detections (`p_miss_start`, `miss_run_frames`);
+- runs of class swaps to one confusable partner (`p_swap_start`, `swap_run_frames`);
+- over-segmentation: a large mask (>= `overseg_min_frac` of the image) cut into 2-3
+  parts of equal area across its longest axis (`p_overseg_start`, `overseg_run_frames`,
+  `overseg_parts`);
+- bleeding: the mask dilated downwards by a few pixels into the surface it stands on
+  (`p_bleed_start`, `bleed_run_frames`, `bleed_px`); the bled pixels take the surface's
+  pixels whatever mask covers them.
+
+Each (object, kind) has its own random stream, seeded by the scene seed, the kind and the
+object's GT id (`object_states`): a run starts at a frame with probability p_*_start when
+the object is not already in a run of that kind, and covers that frame and the next
+length - 1 frames, in frame order, whether the object is in view or not. So the state of a
+frame does not depend on the other objects nor on how the frames are batched, and the
+per-frame draws (steps 1-8) are unchanged. Over-segmentation and bleeding apply to masks
+of one object (not to merged masks); a run's swap replaces the per-frame confusion.
 """
 from __future__ import annotations
 
@@ -42,6 +63,14 @@ import numpy as np
 from scipy import ndimage
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # [3, 3] 4-neighbour cross
+
+
+# run kinds -> their start-probability field; the order fixes each kind's stream tag (1, 2, 3, 4)
+_RUN_KINDS = {"miss": "p_miss_start", "swap": "p_swap_start", "overseg": "p_overseg_start",
+              "bleed": "p_bleed_start"}
+_RANGE_FIELDS = ("miss_run_frames", "swap_run_frames", "overseg_run_frames", "overseg_parts",
+                 "bleed_run_frames", "bleed_px")
+_STATE_TAG = 0x51C4E7          # entropy word that separates the per-object streams from the per-frame ones
 
 
 @dataclass(frozen=True)
@@ -81,14 +110,37 @@ class MaskNoiseConfig:
     score_wrong: tuple[float, float] = (0.3, 0.6)
     # Probability that a stuff class region is left unlabelled in a frame.
     p_stuff_miss: float = 0.03
+    # --- failure modes that persist over runs of frames (0 = off; see the module docstring).
+    # Probability per frame that an object not in a miss run starts one; run length in frames [lo, hi].
+    p_miss_start: float = 0.0
+    miss_run_frames: tuple[int, int] = (3, 8)
+    # Probability per frame of starting a run in which the object gets one confusable partner's class.
+    p_swap_start: float = 0.0
+    swap_run_frames: tuple[int, int] = (4, 12)
+    # Probability per frame of starting a run in which the object's mask, where it covers at least
+    # `overseg_min_frac` of the image, is cut into `overseg_parts` (drawn per run) equal-area parts.
+    p_overseg_start: float = 0.0
+    overseg_run_frames: tuple[int, int] = (5, 15)
+    overseg_parts: tuple[int, int] = (2, 3)
+    overseg_min_frac: float = 0.04
+    # Probability per frame of starting a run in which the object's mask bleeds `bleed_px` (drawn per
+    # run) pixels downwards into the surface below it (the class / instance most common right under it).
+    p_bleed_start: float = 0.0
+    bleed_run_frames: tuple[int, int] = (5, 15)
+    bleed_px: tuple[int, int] = (2, 5)
 
     def __post_init__(self) -> None:
-        for name in ("fp_blob_radius_px", "score_true", "score_wrong"):
+        for name in ("fp_blob_radius_px", "score_true", "score_wrong") + _RANGE_FIELDS:
             value = tuple(getattr(self, name))  # YAML gives lists
             if len(value) != 2 or value[0] > value[1]:
                 raise ValueError(f"MaskNoiseConfig.{name} must be (lo, hi) with lo <= hi, got {value}")
             object.__setattr__(self, name, value)
-        for name in ("p_miss", "p_confuse", "p_merge", "p_split", "p_stuff_miss"):
+        for name, least in zip(_RANGE_FIELDS, (1, 1, 1, 2, 1, 1)):
+            if getattr(self, name)[0] < least:
+                raise ValueError(f"MaskNoiseConfig.{name} must be (lo, hi) with lo >= {least}, "
+                                 f"got {getattr(self, name)}")
+        for name in ("p_miss", "p_confuse", "p_merge", "p_split", "p_stuff_miss", "overseg_min_frac") + \
+                tuple(_RUN_KINDS.values()):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"MaskNoiseConfig.{name} must be a probability in [0, 1], got {p}")
@@ -120,10 +172,24 @@ NOISE_LEVELS: dict[str, MaskNoiseConfig] = {
         fp_blobs_per_frame=1.0, fp_blob_radius_px=(3, 12), min_area_px=30,
         score_true=(0.4, 0.9), score_wrong=(0.3, 0.7), p_stuff_miss=0.1),
 }
+# The "-video" levels: a segmenter run frame by frame on a video. The share of frames in which an
+# object is missed, or gets a confusable class, is about the same as in the base level (within one
+# point, see run_fraction), but most of it comes in runs of frames that stick to the object; large
+# masks are over-segmented and masks bleed onto their support for runs of frames as well.
+NOISE_LEVELS["realistic-video"] = dataclasses.replace(
+    NOISE_LEVELS["realistic"], p_miss=0.03, p_miss_start=0.01, miss_run_frames=(3, 8),
+    p_confuse=0.02, p_swap_start=0.008, swap_run_frames=(4, 12),
+    p_overseg_start=0.02, overseg_run_frames=(5, 15), overseg_parts=(2, 3), overseg_min_frac=0.04,
+    p_bleed_start=0.02, bleed_run_frames=(5, 15), bleed_px=(2, 5))
+NOISE_LEVELS["hard-video"] = dataclasses.replace(
+    NOISE_LEVELS["hard"], p_miss=0.08, p_miss_start=0.02, miss_run_frames=(3, 12),
+    p_confuse=0.08, p_swap_start=0.012, swap_run_frames=(5, 20),
+    p_overseg_start=0.04, overseg_run_frames=(5, 20), overseg_parts=(2, 3), overseg_min_frac=0.03,
+    p_bleed_start=0.04, bleed_run_frames=(5, 20), bleed_px=(3, 7))
 
 
 def noise_config(level: str, **overrides) -> MaskNoiseConfig:
-    """The named noise level ("clean", "realistic", "hard"), with field overrides."""
+    """The named noise level (a key of NOISE_LEVELS), with field overrides."""
     if level not in NOISE_LEVELS:
         raise ValueError(f"unknown mask noise level {level!r}; valid levels: {', '.join(NOISE_LEVELS)}")
     valid = {f.name for f in dataclasses.fields(MaskNoiseConfig)}
@@ -131,6 +197,101 @@ def noise_config(level: str, **overrides) -> MaskNoiseConfig:
     if unknown:
         raise ValueError(f"unknown MaskNoiseConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
     return dataclasses.replace(NOISE_LEVELS[level], **overrides)
+
+
+# ----------------------------------------------------------------------------- runs over frames
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """One object's persistent failure modes in one frame: what its active runs say."""
+
+    miss: bool = False  # not detected in this frame
+    swap_pick: int = -1  # >= 0: the class becomes confusable partner number swap_pick % (partners)
+    overseg_parts: int = 0  # >= 2: a large mask of the object is cut into this many parts
+    bleed_px: int = 0  # >= 1: the mask bleeds this many pixels downwards into the surface below
+
+
+_NO_STATE = ObjectState()
+
+
+def run_starts(u: np.ndarray, p: float, lengths: np.ndarray) -> np.ndarray:
+    """[N] int64: the frame at which the run covering each frame started, -1 where no run does.
+
+    u [N] uniforms in [0, 1), lengths [N] ints >= 1. At a frame f that no run covers, a run
+    starts when u[f] < p and covers frames f .. f + lengths[f] - 1 (cut at the last frame)."""
+    assert u.shape == lengths.shape and u.ndim == 1, (u.shape, lengths.shape)
+    out = np.full(len(u), -1, np.int64)
+    f = 0
+    while f < len(u):
+        if u[f] < p:
+            end = min(len(u), f + max(1, int(lengths[f])))
+            out[f:end] = f
+            f = end
+        else:
+            f += 1
+    return out
+
+
+def run_fraction(p: float, lo: int, hi: int) -> float:
+    """Long-run share of frames inside a run when runs start with probability p at every frame
+    outside one and last lo..hi frames (uniform): p m / (p m + 1 - p), m = (lo + hi) / 2."""
+    m = (lo + hi) / 2.0
+    return 0.0 if p <= 0 else p * m / (p * m + 1.0 - p)
+
+
+def _uniform_int(u: np.ndarray | float, lo: int, hi: int):
+    """Integers uniform in [lo, hi] from uniforms u in [0, 1)."""
+    return np.minimum(lo + np.floor(np.asarray(u) * (hi - lo + 1)).astype(np.int64), hi)
+
+
+def _has_runs(cfg: MaskNoiseConfig) -> bool:
+    return any(getattr(cfg, f) > 0 for f in _RUN_KINDS.values())
+
+
+def object_states(cfg: MaskNoiseConfig, seed: int, gt_ids, n_frames: int) -> list[dict[int, ObjectState]]:
+    """Per frame 0 .. n_frames - 1: {GT id: ObjectState} of the ids in `gt_ids` that some run covers.
+
+    Each (kind, id) draws one row of three uniforms per frame (start, run length, the run's
+    parameter) from its own stream `default_rng([seed, _STATE_TAG, kind tag, id])`, so frame f
+    depends on frames 0..f only: `object_states(..., n)[f] == object_states(..., f + 1)[f]`."""
+    out: list[dict[int, dict]] = [{} for _ in range(n_frames)]
+    if n_frames <= 0 or not _has_runs(cfg):
+        return [{} for _ in range(max(n_frames, 0))]
+    runs = {"miss": cfg.miss_run_frames, "swap": cfg.swap_run_frames, "overseg": cfg.overseg_run_frames,
+            "bleed": cfg.bleed_run_frames}
+
+    def run_value(kind: str, u_par: float):
+        """The ObjectState field of a run of `kind` and its value, from the run's third uniform."""
+        if kind == "miss":
+            return "miss", True
+        if kind == "swap":
+            return "swap_pick", int(u_par * (1 << 30))
+        if kind == "overseg":
+            return "overseg_parts", int(_uniform_int(u_par, *cfg.overseg_parts))
+        return "bleed_px", int(_uniform_int(u_par, *cfg.bleed_px))
+
+    for gid in sorted({int(g) for g in gt_ids}):
+        for tag, (kind, p_field) in enumerate(_RUN_KINDS.items(), start=1):
+            p = getattr(cfg, p_field)
+            if p <= 0:
+                continue
+            d = np.random.default_rng([int(seed), _STATE_TAG, tag, gid]).random((n_frames, 3))  # [N, 3]
+            start = run_starts(d[:, 0], p, _uniform_int(d[:, 1], *runs[kind]))  # [N]
+            for f in np.flatnonzero(start >= 0):
+                name, value = run_value(kind, float(d[start[f], 2]))
+                out[f].setdefault(gid, {})[name] = value
+    return [{g: ObjectState(**kw) for g, kw in frame.items()} for frame in out]
+
+
+def frame_object_states(cfg: MaskNoiseConfig, seed: int, gt_instance: np.ndarray,
+                        frame_index: int) -> dict[int, ObjectState]:
+    """The ObjectStates of frame `frame_index` for the GT ids in its instance image [H, W]: what
+    `simulate_scene_masks` uses there (for simulating frames one batch at a time)."""
+    if not _has_runs(cfg):
+        return {}
+    ids = [int(g) for g in np.unique(gt_instance) if g > 0]
+    return object_states(cfg, seed, ids, frame_index + 1)[frame_index]
 
 
 @dataclass
@@ -166,6 +327,7 @@ class _Candidate:
     sources: tuple[int, ...] = ()  # GT ids
     erosion_px: int = 0
     geom: dict | None = None  # fp blob centre / radius
+    bleed: np.ndarray | None = None  # [h, w] bool, inside the crop: bled pixels, taken whatever covers them
 
 
 def _pad_slice(sl: tuple[slice, slice], shape: tuple[int, int], pad: int = 1) -> tuple[slice, slice]:
@@ -218,7 +380,8 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def _compose(cands: list[_Candidate], shape: tuple[int, int]) -> np.ndarray:
-    """[H, W] int32 index of the highest-scored candidate covering each pixel, -1 where none."""
+    """[H, W] int32 index of the highest-scored candidate covering each pixel, -1 where none.
+    Then bled pixels go to their bleeding candidate whatever covers them (the higher score first)."""
     best = np.full(shape, -np.inf)  # [H, W] winning score so far
     winner = np.full(shape, -1, np.int32)  # [H, W]
     for k, c in enumerate(cands):
@@ -226,13 +389,87 @@ def _compose(cands: list[_Candidate], shape: tuple[int, int]) -> np.ndarray:
         upd = c.mask & (c.score > b)
         b[upd] = c.score
         w[upd] = k
+    bleeders = sorted((k for k, c in enumerate(cands) if c.bleed is not None), key=lambda k: (-cands[k].score, k))
+    claimed = np.zeros(shape, bool) if bleeders else None  # [H, W]
+    for k in bleeders:
+        c = cands[k]
+        take = c.bleed & ~claimed[c.sl]
+        winner[c.sl][take] = k
+        claimed[c.sl] |= take
     return winner
+
+
+def _cut_along_axis(mask: np.ndarray, k: int) -> list[np.ndarray]:
+    """Cut a [h, w] bool mask into k parts of equal pixel count (up to one) across its longest axis.
+
+    Pixels are ranked by their coordinate along the principal axis (the eigenvector of the pixel
+    coordinates' covariance with the largest eigenvalue, signed so that its largest component is
+    positive; ties in raster order) and dealt out in k consecutive blocks. Fewer than k pixels: [mask]."""
+    ys, xs = np.nonzero(mask)
+    n = len(ys)
+    if n < k or k < 2:
+        return [mask]
+    pts = np.stack([ys, xs], 1).astype(np.float64)  # [n, 2] (row, column)
+    pts -= pts.mean(0)
+    _, vecs = np.linalg.eigh(pts.T @ pts / n)  # eigenvalues ascending
+    axis = vecs[:, -1]
+    if axis[np.argmax(np.abs(axis))] < 0:
+        axis = -axis
+    order = np.argsort(pts @ axis, kind="stable")  # [n]
+    block = np.empty(n, np.int64)
+    block[order] = np.arange(n) * k // n
+    parts = []
+    for j in range(k):
+        part = np.zeros_like(mask)
+        part[ys[block == j], xs[block == j]] = True
+        parts.append(part)
+    return parts
+
+
+def _support(obj: np.ndarray, gt_semantic: np.ndarray, gt_instance: np.ndarray, stuff_px: np.ndarray,
+             thing_px: np.ndarray) -> np.ndarray | None:
+    """[H, W] bool: the surface an object [H, W] bool stands on in the image, the (class, instance)
+    most common among the labelled pixels right under its lower boundary (ties: the smaller class,
+    then instance); None when no labelled pixel is there."""
+    under = np.zeros_like(obj)  # [H, W] pixels just below a lower-boundary pixel of obj
+    under[1:] = obj[:-1] & ~obj[1:]
+    labelled = under & (stuff_px | thing_px)
+    if not labelled.any():
+        return None
+    code = gt_semantic[labelled].astype(np.int64) * 65536 + np.where(thing_px[labelled], gt_instance[labelled], 0)
+    vals, counts = np.unique(code, return_counts=True)
+    best = int(vals[np.argmax(counts)])
+    cls, inst = best // 65536, best % 65536
+    return thing_px & (gt_instance == inst) if inst > 0 else stuff_px & (gt_semantic == cls)
+
+
+def _bleed(eroded: np.ndarray, part: np.ndarray, sl: tuple[slice, slice], support: np.ndarray,
+           px: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """Dilate an (eroded) mask [h, w] in crop `sl` downwards by `px` pixels into the part's own
+    pixels (refilling its eroded lower edge) and into `support` [H, W]. Returns the new crop, the
+    new mask in it and the bled support pixels in it."""
+    shape = support.shape
+    e_full = np.zeros(shape, bool)  # [H, W]
+    e_full[sl] = eroded
+    p_full = np.zeros(shape, bool)  # [H, W]
+    p_full[sl] = part
+    down = e_full.copy()
+    for k in range(1, px + 1):
+        down[k:] |= e_full[:-k]
+    over = down & support & ~p_full
+    full = e_full | (down & p_full) | over
+    if not full.any():
+        return sl, eroded, np.zeros_like(eroded)
+    new_sl = _pad_slice(ndimage.find_objects(full.astype(np.int8))[0], shape)
+    return new_sl, full[new_sl], over[new_sl]
 
 
 def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing_class_ids: set[int],
                          confusable: dict[int, list[int]], cfg: MaskNoiseConfig,
-                         rng: np.random.Generator) -> FrameMasks:
-    """Noisy Grounded-SAM-like masks for one frame from GT semantic [H, W] and instance [H, W] images."""
+                         rng: np.random.Generator, states: dict[int, ObjectState] | None = None) -> FrameMasks:
+    """Noisy Grounded-SAM-like masks for one frame from GT semantic [H, W] and instance [H, W] images.
+
+    `states`: {GT id: ObjectState} of the runs active in this frame (object_states); None = none."""
     assert gt_semantic.ndim == 2 and gt_semantic.shape == gt_instance.shape, (gt_semantic.shape, gt_instance.shape)
     assert np.issubdtype(gt_semantic.dtype, np.integer) and np.issubdtype(gt_instance.dtype, np.integer)
     shape = gt_semantic.shape  # (H, W)
@@ -249,7 +486,9 @@ def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing
 
     log: dict = {"missed": [], "confused": {}, "merged": [], "split": [], "fp_blobs": {}, "dropped": [],
                  "erosion_px": {}, "sources": {}, "gt_class": {},
-                 "stuff_missed": [], "stuff_erosion_px": {}, "stuff_scores": {}}
+                 "stuff_missed": [], "stuff_erosion_px": {}, "stuff_scores": {},
+                 "missed_run": [], "swapped_run": {}, "overseg": {}, "bleed": {}}
+    states = states or {}
     cands: list[_Candidate] = []
 
     # 1. stuff regions, one per class
@@ -283,16 +522,24 @@ def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing
     u_miss = rng.random(n)  # [n]
     u_conf = rng.random(n)  # [n]
     pick = rng.integers(0, 1 << 30, n)  # [n] partner choice
-    detected = u_miss >= cfg.p_miss  # [n] bool
+    run_miss = np.array([states.get(int(g), _NO_STATE).miss for g in gt_ids], bool)  # [n]
+    detected = (u_miss >= cfg.p_miss) & ~run_miss  # [n] bool
     cls = gt_cls.copy()  # [n] output class per GT instance
     thing_set = set(things.tolist())
     for i in range(n):
         gid = int(gt_ids[i])
         if not detected[i]:
             log["missed"].append(gid)
+            if run_miss[i]:
+                log["missed_run"].append(gid)
             continue
         partners = [int(p) for p in confusable.get(int(gt_cls[i]), []) if p in thing_set and p != gt_cls[i]]
-        if partners and u_conf[i] < cfg.p_confuse:
+        swap = states.get(gid, _NO_STATE).swap_pick
+        if partners and swap >= 0:
+            cls[i] = partners[swap % len(partners)]
+            log["confused"][gid] = int(cls[i])
+            log["swapped_run"][gid] = int(cls[i])
+        elif partners and u_conf[i] < cfg.p_confuse:
             cls[i] = partners[pick[i] % len(partners)]
             log["confused"][gid] = int(cls[i])
 
@@ -315,7 +562,12 @@ def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing
         mask = labels[sl] == g[0] + 1 if len(g) == 1 else np.isin(labels[sl], np.array(g) + 1)  # [h, w]
         parts = [mask]
         u_split, angle = rng.random(), rng.uniform(0.0, np.pi)
-        if u_split < cfg.p_split:
+        state = states.get(sources[0], _NO_STATE) if len(g) == 1 else _NO_STATE  # runs: one-object masks only
+        if state.overseg_parts >= 2 and area[g[0]] >= cfg.overseg_min_frac * shape[0] * shape[1]:
+            parts = _cut_along_axis(mask, state.overseg_parts)
+            if len(parts) > 1:
+                log["overseg"][sources[0]] = len(parts)
+        elif u_split < cfg.p_split:
             ys, xs = np.nonzero(mask)
             yy, xx = np.ogrid[0:mask.shape[0], 0:mask.shape[1]]
             side = (yy - ys.mean()) * np.sin(angle) + (xx - xs.mean()) * np.cos(angle) >= 0  # [h, w]
@@ -323,15 +575,23 @@ def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing
             if a.any() and b.any():
                 parts = [a, b]
                 log["split"].append(sources)
+        support = None
+        if state.bleed_px > 0:
+            support = _support(labels == g[0] + 1, gt_semantic, gt_instance, stuff_px, thing_px)
+            if support is not None:
+                log["bleed"][sources[0]] = state.bleed_px
         for part in parts:
             width = int(rng.integers(lo_w, hi_w + 1))
             score = score_of(correct)
             eroded = _erode(part, width)
+            part_sl, bled = sl, None
+            if support is not None:
+                part_sl, eroded, bled = _bleed(eroded, part, sl, support, state.bleed_px)
             n_px = int(eroded.sum())
             if n_px < min_area:
                 log["dropped"].append({"kind": "thing", "sources": sources, "area_px": n_px})
                 continue
-            cands.append(_Candidate(sl, eroded, score, g_cls, "thing", sources, width))
+            cands.append(_Candidate(part_sl, eroded, score, g_cls, "thing", sources, width, bleed=bled))
 
     # 6. false-positive blobs
     n_fp = int(rng.poisson(cfg.fp_blobs_per_frame)) if len(things) else 0
@@ -389,8 +649,14 @@ def simulate_frame_masks(gt_semantic: np.ndarray, gt_instance: np.ndarray, thing
 def simulate_scene_masks(gt_semantics: list[np.ndarray], gt_instances: list[np.ndarray],
                          thing_class_ids: set[int], confusable: dict[int, list[int]],
                          cfg: MaskNoiseConfig, seed: int) -> list[FrameMasks]:
-    """Simulated masks for every frame; frame i uses its own rng stream spawned from `seed`."""
+    """Simulated masks for every frame, in frame order; frame i uses its own rng stream spawned from
+    `seed`, and the runs of each object (object_states) come from streams of their own."""
     assert len(gt_semantics) == len(gt_instances), (len(gt_semantics), len(gt_instances))
     streams = np.random.SeedSequence(seed).spawn(len(gt_semantics))
-    return [simulate_frame_masks(sem, ins, thing_class_ids, confusable, cfg, np.random.default_rng(ss))
-            for sem, ins, ss in zip(gt_semantics, gt_instances, streams)]
+    ids: set[int] = set()
+    if _has_runs(cfg):
+        for ins in gt_instances:
+            ids.update(int(g) for g in np.unique(ins) if g > 0)
+    states = object_states(cfg, seed, ids, len(gt_semantics))
+    return [simulate_frame_masks(sem, ins, thing_class_ids, confusable, cfg, np.random.default_rng(ss), st)
+            for sem, ins, ss, st in zip(gt_semantics, gt_instances, streams, states)]

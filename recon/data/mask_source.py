@@ -178,12 +178,13 @@ class SimMaskSource:
         pass
 
     def masks(self, scene: Scene, indices: list[int]) -> list[FrameMasks]:
-        from recon.data.mask_sim import simulate_frame_masks
+        from recon.data.mask_sim import frame_object_states, simulate_frame_masks
         out = []
         for i in indices:
             gt_sem, gt_inst = scene.load_gt(i)
             out.append(simulate_frame_masks(gt_sem, gt_inst, set(scene.thing_ids()), self._confusable, self.cfg,
-                                            np.random.default_rng(self._streams[i])))
+                                            np.random.default_rng(self._streams[i]),
+                                            states=frame_object_states(self.cfg, self.seed, gt_inst, i)))
         return out
 
 

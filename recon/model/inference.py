@@ -3,10 +3,12 @@
 The one forward pass (`render_rays`) that training, label images and renders share; the label rule
 (docs/method.md, inference): with the panoptic head, label = argmax of l_P; a stuff column gives that
 stuff class and no instance, token column i gives token i with class argmax l_SI(Q_i), so semantic
-and instance labels agree by construction. With the head off (`panoptic.head=false`, the Panoptic
-Lifting formulation) the class is the argmax of the semantic field and thing points take the
-argmax token. Token indices are returned here (-1 = none); the scene-consistent instance ids are
-assigned when the mesh is labelled (recon/postfit/labelled_mesh.py).
+and instance labels agree by construction. With the head off (`panoptic.head=false`, as in the bench's
+`ours_ablated`) the class is the argmax of the semantic field and thing points take the
+argmax token. The Panoptic Lifting baseline (`tokens.formulation=slots`) has no panoptic head whatever
+`panoptic.head` says: class = argmax of the semantic field, a thing point's instance = its argmax slot.
+Token (slot) indices are returned here (-1 = none); the scene-consistent instance ids are assigned when
+the mesh is labelled (recon/postfit/labelled_mesh.py).
 
 Also: colour / depth / semantic images of a frame, and the SDF's first surface along rays
 (novel-view depth without observed depth).
@@ -62,7 +64,7 @@ def render_rays(model: SceneModel, rays: RayBatch, z: torch.Tensor, s: FitSettin
         out["depth"] = render_depth(w, z)
         out["acc"] = accumulated_opacity(w)
         out["rgb"] = render(w, model.color(geo).reshape(R, S, 3)) if with_rgb else torch.zeros(R, 3, device=dev)
-    with_panoptic = with_panoptic and branch is not None and with_semantic
+    with_panoptic = with_panoptic and branch is not None and with_semantic and not branch.slots
     if with_semantic or branch is not None:
         w_lab = w.detach() if detach_sem_weights else w
         if detach_sem_weights:
@@ -107,11 +109,11 @@ def labels_from_distributions(branch: InstanceBranch | None, head: bool, sem_pro
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class id [M] long, token index [M] long, -1 = no instance) from per-point or rendered
     distributions: sem_probs [M, C], token_probs [M, N] (A or rendered token masks), pan_probs
-    [M, C_stuff + N] (l_P or its rendering; used with the head)."""
+    [M, C_stuff + N] (l_P or its rendering; used with the head; slots have no head)."""
     if branch is None:
         assert sem_probs is not None
         return sem_probs.argmax(-1), torch.full(sem_probs.shape[:1], -1, dtype=torch.long, device=sem_probs.device)
-    if head:
+    if head and not branch.slots:
         assert pan_probs is not None and pan_probs.shape[-1] == branch.n_stuff + branch.tokens.n
         k = pan_probs.argmax(-1)                                                   # [M]
         tok_cls, _ = branch.token_classes()                                        # [N]
@@ -135,7 +137,7 @@ def point_labels(model, branch: InstanceBranch | None, head: bool, x_world: torc
         sem, tok = labels_from_distributions(None, head, sem_probs)
         return sem, tok, sem_probs.max(-1).values
     A = branch.probs(model.instance_keys(x_world), x_world)                        # [M, N]
-    pan = panoptic_probs(sem_probs, A, branch.thing_mask) if head else None
+    pan = panoptic_probs(sem_probs, A, branch.thing_mask) if head and not branch.slots else None
     sem, tok = labels_from_distributions(branch, head, sem_probs, A, pan)
     conf = pan.max(-1).values if pan is not None else sem_probs.max(-1).values
     return sem, tok, conf

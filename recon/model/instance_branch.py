@@ -11,6 +11,15 @@ frame bank and the rendered quantities:
   panoptic targets of Eq. 33;
 * `surface_points`: back-projected depth points for the token-adjustment checks.
 
+The Panoptic Lifting baseline (`tokens.formulation=slots`; maths in tokens/slots.py) uses the same
+branch: its `tokens` are the K = tokens.n_slots slots, of which only the features are used, as the
+last linear layer of the instance head (slot distribution = softmax(f_k . q_k / temperature) over the
+instance field's features f_k); the Gaussians, the class features and the class head are unused, and
+the count never changes (no adjustment). `slot_losses` replaces `assignment_losses` for it, and
+`segment_consistency_loss` adds Panoptic Lifting's segment-consistency term on the semantic field.
+Keeping the slots in an InstanceTokens lets the optimiser, the checkpoints and the token -> instance id
+map of the labelled mesh serve both formulations unchanged.
+
 Semantic column c is class id c (column 0 = "unlabelled"), as in the semantic field.
 """
 from __future__ import annotations
@@ -22,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from recon.model.losses import semantic_loss
 from recon.model.panoptic_head import IGNORE, panoptic_layout, panoptic_targets
 from recon.model.sampling import FrameBank, RayBatch
 from recon.core.settings import TokenSettings
@@ -29,6 +39,8 @@ from fields.stages import stage
 from tokens.adjust import TokenAdjustStrategy
 from tokens.assign import assignment_cost, class_loss, hungarian, instance_loss, masks_from_frame, match_coverage
 from tokens.attention import instance_probs
+from tokens.slots import IGNORE as SLOT_IGNORE, frame_segments, segment_targets, slot_ce, slot_cost, slot_probs, \
+    slot_targets
 from tokens.tokens import InstanceTokens, TokenClassHead
 
 
@@ -48,13 +60,17 @@ class InstanceBranch(nn.Module):
         self.stuff_index = stuff_index                                             # {stuff class id: column}
         self.spatial_prior = bool(s.spatial_prior)
         self.temperature = float(s.temperature)
+        self.slots = s.formulation == "slots"                                     # Panoptic Lifting's softmax slots
 
     @property
     def n_stuff(self) -> int:
         return int(self.stuff_ids.shape[0])
 
     def probs(self, keys: Tensor, points: Tensor) -> Tensor:
-        """A [M, N] = S * G (Eq. 6-8; G = 1 with the spatial prior off) at points [M, 3] with keys [M, d]."""
+        """A [M, N] = S * G (Eq. 6-8; G = 1 with the spatial prior off) at points [M, 3] with keys [M, d];
+        with slots: the softmax over the N slots at each point (rows sum to 1; points unused)."""
+        if self.slots:
+            return slot_probs(keys, self.tokens.features, self.temperature)
         return instance_probs(keys, points, self.tokens, spatial_prior=self.spatial_prior,
                               temperature=self.temperature)
 
@@ -134,7 +150,13 @@ def init_tokens_from_bank(bank: FrameBank, thing_ids: list[int], s: TokenSetting
 
     Count (tokens.n_init = 0): max(2 x the largest number of thing masks in one frame, 1.5 x
     the number of same-class mask clusters in 3D), capped at adjust_rules.max_tokens; scale: the
-    median half-size of the masks' 3D extents (or tokens.init_scale_m)."""
+    median half-size of the masks' 3D extents (or tokens.init_scale_m).
+
+    tokens.formulation=slots: tokens.n_slots slots with features ~ N(0, 0.1^2) (the means, unused,
+    at the origin); the masks are not read."""
+    if s.formulation == "slots":
+        log(f"slots: {s.n_slots} instance slots (the Panoptic Lifting formulation)")
+        return InstanceTokens(torch.zeros(s.n_slots, 3), 1.0, s.feat_dim, s.class_dim, generator=gen)
     rows = _frame_rows(bank.n_frames, s.init_frames)
     sets, classes, most = mask_point_sets(bank, thing_ids, rows, max_points=256, gen=gen)
     if not sets:
@@ -239,3 +261,64 @@ def assignment_losses(branch: InstanceBranch, token_masks: Tensor, rays: RayBatc
     k = max(n_frames, 1)
     return AssignmentResult(l_ins / k, l_cls / k, pan_target.to(dev), n_masks, n_matched,
                             float(np.mean(costs)) if costs else float("nan"))
+
+
+# ----------------------------------------------------------------------------- the Panoptic Lifting baseline
+
+
+def slot_losses(branch: InstanceBranch, slot_masks: Tensor, rays: RayBatch, *, min_pixels: int) -> AssignmentResult:
+    """Panoptic Lifting's instance loss for a step whose rays come from a few frames (tokens/slots.py).
+
+    slot_masks [R, K] rendered slot probabilities. Per frame: the thing masks on the labelled sampled
+    pixels (as in `assignment_losses`), the cost -mean probability of each slot over each mask, the
+    Hungarian match, then the cross-entropy over the K slots on the matched masks' pixels (other pixels
+    ignored). l_ins is the mean over the frames with masks; l_cls is 0 and pan_target all IGNORE (no class
+    head, no panoptic head)."""
+    assert rays.semantic is not None and rays.instance is not None, "the rays carry no masks"
+    R, K = slot_masks.shape
+    assert rays.semantic.shape == (R,), f"slot_masks [R, K] and rays must agree, got {tuple(slot_masks.shape)}"
+    dev = slot_masks.device
+    l_ins = slot_masks.sum() * 0.0
+    n_frames, n_masks, n_matched, costs = 0, 0, 0, []
+    for f in torch.unique(rays.frame).tolist():
+        in_f = torch.nonzero(rays.frame == f).reshape(-1)                          # [R_f]
+        sem, inst = rays.semantic[in_f], rays.instance[in_f]
+        lab = torch.nonzero(sem > 0).reshape(-1)
+        if lab.numel() == 0:
+            continue
+        targets, _, _ = masks_from_frame(inst[lab], sem[lab], {}, branch.thing_ids, min_pixels)
+        if targets.shape[0] == 0:
+            continue
+        targets = targets.to(dev)
+        pred = slot_masks[in_f[lab].to(dev)].T                                     # [K, P]
+        with stage("hungarian"):
+            cost = slot_cost(pred.detach(), targets).cpu()                         # [L, K]
+            rows, cols = hungarian(cost)
+        l_ins = l_ins + slot_ce(pred, slot_targets(targets, rows, cols))
+        n_frames += 1
+        n_masks += int(targets.shape[0])
+        n_matched += int(rows.numel())
+        if rows.numel():
+            costs.append(float(cost[rows, cols].mean()))
+    pan_target = torch.full((R,), IGNORE, dtype=torch.long, device=dev)
+    return AssignmentResult(l_ins / max(n_frames, 1), slot_masks.sum() * 0.0, pan_target, n_masks, n_matched,
+                            float(np.mean(costs)) if costs else float("nan"))
+
+
+def segment_consistency_loss(sem_probs: Tensor, rays: RayBatch, thing_class: Tensor, *, min_pixels: int) -> Tensor:
+    """Panoptic Lifting's segment-consistency loss: per frame of the step, each 2D segment (a thing mask,
+    or a stuff class's region; tokens.slots.frame_segments) of at least min_pixels sampled pixels takes the
+    majority of the predicted classes (argmax of the rendered semantics) over those pixels as the target
+    of all of them; the loss is the cross-entropy of the rendered semantics against these targets, mean
+    over the pixels with one (column 0 "unlabelled" is never a target). sem_probs [R, C]; thing_class [C]
+    bool per class id. Zero (attached to the graph) when no pixel has a target."""
+    assert rays.semantic is not None and rays.instance is not None, "the rays carry no masks"
+    R, C = sem_probs.shape
+    assert rays.semantic.shape == (R,), f"sem_probs [R, C] and rays must agree, got {tuple(sem_probs.shape)}"
+    pred_class = sem_probs.detach().argmax(-1).cpu()                               # [R]
+    target = torch.full((R,), SLOT_IGNORE, dtype=torch.long)
+    for f in torch.unique(rays.frame).tolist():
+        in_f = torch.nonzero(rays.frame == f).reshape(-1).cpu()
+        seg = frame_segments(rays.instance[in_f].cpu(), rays.semantic[in_f].cpu(), thing_class.cpu())
+        target[in_f] = segment_targets(pred_class[in_f], seg, min_pixels)
+    return semantic_loss(sem_probs, target.clamp_min(0).to(sem_probs.device))     # IGNORE -> 0 = skipped

@@ -7,6 +7,11 @@ Depth convention for the SDF and depth losses: ``depth_obs`` is the *along-ray* 
 observed surface (same unit and parameter as ``z_vals``), i.e. the sensor's z-depth divided by the ray
 direction's z component in camera coordinates (for unit-length directions). Rendered depth
 (``recon.model.volume_rendering.render_depth``) is in the same along-ray convention.
+
+Real sensor depth (configs/real.yaml): the optional per-ray ``ray_weight`` of the surface terms
+(``depth_noise_weight``: noise that grows with range) and the ``surface_ok`` mask (rays whose depth
+bounds the free space but is not trusted as a surface, e.g. flying pixels at depth edges,
+``recon.model.sampling.depth_edge_rays``). Without them the terms are exactly Eq. 24 and 26.
 """
 from __future__ import annotations
 
@@ -16,10 +21,30 @@ from torch import Tensor
 _EXP_LINEAR_FROM = 20.0  # exp(e) is continued linearly (C1) beyond e = 20 so the free-space term cannot overflow
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of values[mask]; 0 (attached to the graph) when the mask is empty."""
+def _masked_mean(values: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean of values[mask] (weighted by `weight`, same shape, when given); 0 (attached to the graph)
+    when the mask is empty."""
     mask = mask.to(values.dtype)
+    if weight is not None:
+        mask = mask * weight
+        return (values * mask).sum() / mask.sum().clamp_min(1e-12)
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def depth_noise_weight(depth_m: Tensor, ref_m: float, power: float) -> Tensor:
+    """Per-ray weight [R] of the depth-anchored surface terms for sensor noise that grows with range.
+
+    depth_m [R] observed depth (metres; <= 0 or non-finite = none). Structured-light and ToF depth
+    noise grows about as sigma(z) ~ z^2, so an L1 term weighted 1/sigma falls as z^-2:
+    w = min(1, (ref_m / D)^power), i.e. rays nearer than ref_m weigh 1, a ray at 2 ref_m weighs
+    2^-power. power = 0 or ref_m = 0: all 1 (Eq. 24 / 26 as they are). Rays without depth weigh 1
+    (no depth term applies to them anyway)."""
+    assert depth_m.ndim == 1 and ref_m >= 0 and power >= 0
+    if power == 0 or ref_m == 0:
+        return torch.ones_like(depth_m)
+    ok = torch.isfinite(depth_m) & (depth_m > 0)
+    d = torch.where(ok, depth_m, torch.full_like(depth_m, ref_m))
+    return torch.clamp_max((ref_m / d) ** power, 1.0)
 
 
 def _exp_capped(e: Tensor, cap: float = _EXP_LINEAR_FROM) -> Tensor:
@@ -29,7 +54,8 @@ def _exp_capped(e: Tensor, cap: float = _EXP_LINEAR_FROM) -> Tensor:
 
 
 def sdf_loss(
-    sdf_pred: Tensor, z_vals: Tensor, depth_obs: Tensor, trunc_m: float, beta: float, valid: Tensor
+    sdf_pred: Tensor, z_vals: Tensor, depth_obs: Tensor, trunc_m: float, beta: float, valid: Tensor,
+    ray_weight: Tensor | None = None, surface_ok: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Eq. 24 with the along-ray approximate SDF b_j = D - rho_j (metres).
 
@@ -41,6 +67,9 @@ def sdf_loss(
       b  < -trunc_m   (behind the surface):     ignored (unobserved)
     Returns (loss_trunc, loss_free): each the mean over its own samples (0 if none).
     exp(-beta s) is continued linearly above exponent 20 (very negative s) to stay finite.
+    Options (None = off): ray_weight [R] weights the truncation-band mean per ray (depth_noise_weight);
+    surface_ok [R] bool: rays with False keep the free-space term but have no truncation-band term (their
+    depth only bounds the free space in front of it).
     """
     assert sdf_pred.dim() == 2 and z_vals.shape == sdf_pred.shape, f"{tuple(sdf_pred.shape)} {tuple(z_vals.shape)}"
     n_rays = sdf_pred.shape[0]
@@ -50,9 +79,16 @@ def sdf_loss(
     valid_s = valid[:, None].expand_as(b)
     in_band = valid_s & (b.abs() <= trunc_m)
     in_free = valid_s & (b > trunc_m)
+    if surface_ok is not None:
+        assert surface_ok.shape == (n_rays,) and surface_ok.dtype == torch.bool
+        in_band = in_band & surface_ok[:, None]
     l_band = (sdf_pred - b).abs()  # [R, S]
     l_free = torch.clamp_min(torch.maximum(_exp_capped(-beta * sdf_pred) - 1.0, sdf_pred - b), 0.0)  # [R, S]
-    return _masked_mean(l_band, in_band), _masked_mean(l_free, in_free)
+    w_band = None
+    if ray_weight is not None:
+        assert ray_weight.shape == (n_rays,)
+        w_band = ray_weight[:, None].expand_as(b)
+    return _masked_mean(l_band, in_band, w_band), _masked_mean(l_free, in_free)
 
 
 def eikonal_loss(grad: Tensor) -> Tensor:
@@ -64,11 +100,12 @@ def eikonal_loss(grad: Tensor) -> Tensor:
     return ((1.0 - norm) ** 2).mean()
 
 
-def depth_loss(depth_pred: Tensor, depth_obs: Tensor, valid: Tensor) -> Tensor:
-    """L1 |D - u_d| over valid rays (0 if none). depth_pred, depth_obs, valid: [R]."""
+def depth_loss(depth_pred: Tensor, depth_obs: Tensor, valid: Tensor, ray_weight: Tensor | None = None) -> Tensor:
+    """L1 |D - u_d| over valid rays (0 if none). depth_pred, depth_obs, valid: [R].
+    ray_weight [R] (optional, depth_noise_weight): a weighted mean instead."""
     assert depth_pred.dim() == 1 and depth_obs.shape == depth_pred.shape and valid.shape == depth_pred.shape
     obs = torch.where(valid, depth_obs, depth_pred.detach())  # keep NaN/inf of invalid pixels out
-    return _masked_mean((depth_pred - obs).abs(), valid)
+    return _masked_mean((depth_pred - obs).abs(), valid, ray_weight)
 
 
 def rgb_loss(rgb_pred: Tensor, rgb_obs: Tensor) -> Tensor:

@@ -123,6 +123,33 @@ def rays_for_pixels(bank: FrameBank, frame: torch.Tensor, pixel: torch.Tensor) -
                     instance=None if bank.instance is None else bank.instance[frame, pixel].long())
 
 
+def depth_edge_rays(depth_ray_m: torch.Tensor, width: int, height: int, frame: torch.Tensor, pixel: torch.Tensor,
+                    rel_jump: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(depth [R], surface_ok [R] bool) of the rays (frame row, flat pixel) [R] of a bank's depth [F, H*W].
+
+    Real depth sensors mix fore- and background at occlusion edges ("flying pixels": depth between the
+    two surfaces, in free space). A pixel whose valid depth differs from a valid 4-neighbour's by more
+    than rel_jump x its own depth sits on such an edge: its depth becomes the nearest valid depth of
+    itself and its 4 neighbours (the free space in front of the foreground is still known) and
+    surface_ok is False (no surface term, losses.sdf_loss). Neighbours off the image or without depth
+    (0) are not compared. rel_jump <= 0: the depth as it is and all True (no filter)."""
+    assert frame.shape == pixel.shape and frame.ndim == 1
+    depth = depth_ray_m[frame, pixel]                                                     # [R]
+    if rel_jump <= 0:
+        return depth, torch.ones_like(depth, dtype=torch.bool)
+    u, v = pixel % width, pixel // width
+    nearest = depth.clone()
+    edge = torch.zeros_like(depth, dtype=torch.bool)
+    for du, dv in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        uu, vv = u + du, v + dv
+        inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+        nb = depth_ray_m[frame, (vv.clamp(0, height - 1) * width + uu.clamp(0, width - 1))]   # [R]
+        both = inside & (nb > 0) & (depth > 0)
+        edge |= both & ((nb - depth).abs() > rel_jump * depth)
+        nearest = torch.where(both & (nb < nearest), nb, nearest)
+    return torch.where(edge, nearest, depth), ~edge
+
+
 def mask_balanced_weights(instance: torch.Tensor, semantic: torch.Tensor, thing_class: torch.Tensor,
                           with_stuff: bool = False) -> torch.Tensor:
     """Sampling weights [P] over one frame's pixels that give every segment the same total mass.

@@ -24,6 +24,7 @@ from recon.data.scene import Scene
 from recon.model.inference import vertex_attributes
 from recon.model.sampling import FrameBank
 from recon.postfit.fragments import merge_fragment_ids
+from recon.postfit.mask_merge import merge_ids_by_masks
 from recon.postfit.mesh_colour import colour_vertices_from_images
 from recon.postfit.meshing import extract_mesh, observed_mask
 
@@ -161,6 +162,11 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
         inst = apply_ids(attrs["token"], token_ids)
         if s.panoptic.merge_fragments:
             _, lut = merge_fragment_ids(faces, inst, sem, token_ids, s.panoptic, log.info)
+            if lut is not None:
+                token_ids, inst = lut[token_ids], lut[inst]
+        if s.panoptic.merge_by_masks and scene.has_masks:
+            _, lut = merge_ids_by_masks(verts, inst, sem, token_ids, scene, list(bank.frame_index), s.panoptic,
+                                        log.info, progress=progress)
             if lut is not None:
                 token_ids, inst = lut[token_ids], lut[inst]
     else:

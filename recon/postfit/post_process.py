@@ -23,6 +23,7 @@ from recon.data.run_files import png16_bytes
 from recon.data.scene import load_scene
 from recon.postfit.fragments import merge_fragment_ids
 from recon.postfit.labelled_mesh import write_instances, write_label_meshes
+from recon.postfit.mask_merge import merge_ids_by_masks
 from recon.postfit.meshing import cull_faces, observed_mask
 from recon.train.runs import train_indices
 
@@ -90,10 +91,7 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     front = s.mesh.cull_front_margin_m if front_margin_m is None else float(front_margin_m)
     if front is not None and not (front >= 0):
         raise ConfigError(f"the front margin must be >=0 metres, got {front}")
-    scene_txt = run / "scene.txt"
-    if not scene_txt.is_file():
-        raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({scene_txt} missing)")
-    scene = load_scene(Path(scene_txt.read_text().strip()), check_images=False)
+    scene = run_scene(run)
     idx = train_indices(scene, s)
     depth_z = [scene.load_depth_m(i) for i in idx]                       # [H, W] each, z-depth in metres
     faces = lr["faces"]
@@ -106,6 +104,59 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
     record_post_process(run, s, f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m "
                                 f"behind the training views' depth): removed {removed} of {len(faces)} faces", log)
     return removed
+
+
+def apply_id_map(run: Path, lr: dict, lut: np.ndarray) -> None:
+    """Remap a finished run's instance ids through lut (old id -> new id): mesh*.ply, instances/,
+    instances.json (token_ids too) and every labels/instance/*.png, each file atomically."""
+    inst, token_ids = lr["instance"], lr["token_ids"]
+    rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, lut[inst], lut[token_ids])
+    for png in sorted((run / "labels" / "instance").glob("*.png")):
+        ids = np.asarray(Image.open(png)).astype(np.int64)
+        ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))
+        ext[:len(lut)] = lut
+        atomic_write_bytes(png, png16_bytes(ext[ids], png))
+
+
+def run_scene(run: Path):
+    """The scene a run was fitted on (RUN/scene.txt), loaded without reading its images."""
+    scene_txt = Path(run) / "scene.txt"
+    if not scene_txt.is_file():
+        raise FileNotFoundError(f"{run} does not say which scene it was fitted on ({scene_txt} missing)")
+    return load_scene(Path(scene_txt.read_text().strip()), check_images=False)
+
+
+@writes_run("merge-by-masks")
+def merge_run_by_masks(run, min_frames: int | None = None, min_share: float | None = None, log=print,
+                       progress: bool = False) -> dict[int, int]:
+    """Apply mask-evidence merging (recon/postfit/mask_merge.py) to a finished run folder, without its model:
+    two same-class instances merge where the training frames' masks show them as one object. Rewrites the
+    same files as merge_run_fragments through one id map; records panoptic.merge_by_masks and its parameters
+    in config.yaml and log.txt. Parameters default to the run's config values. Returns the merges."""
+    run = Path(run)
+    if not (run / "instances.json").is_file():
+        raise FileNotFoundError(f"{run} has no instances.json: mask-evidence merging needs a finished run with "
+                                f"instances")
+    lr = read_labelled_run(run, "mask-evidence merging")
+    s = lr["settings"]
+    p = s.panoptic
+    p.mask_merge_min_frames = p.mask_merge_min_frames if min_frames is None else int(min_frames)
+    p.mask_merge_min_share = p.mask_merge_min_share if min_share is None else float(min_share)
+    if p.mask_merge_min_frames < 1 or not 0 <= p.mask_merge_min_share <= 1:
+        raise ConfigError(f"--min-frames must be >= 1 and --min-share in [0, 1], got {p.mask_merge_min_frames} and "
+                          f"{p.mask_merge_min_share}")
+    scene = run_scene(run)
+    if not scene.has_masks:
+        raise ValueError(f"{scene.root} has no masks: mask-evidence merging needs the scene's 2D masks")
+    merges, lut = merge_ids_by_masks(lr["verts"], lr["instance"], lr["semantic"], lr["token_ids"], scene,
+                                     train_indices(scene, s), p, log, progress=progress)
+    if lut is not None:
+        apply_id_map(run, lr, lut)
+    p.merge_by_masks = True
+    record_post_process(run, s, f"mask-evidence merging (min_frames {p.mask_merge_min_frames}, min_share "
+                                f"{p.mask_merge_min_share}): {len(merges)} merge(s) {dict(sorted(merges.items()))}",
+                        log)
+    return merges
 
 
 @writes_run("merge-fragments")
@@ -131,12 +182,7 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     inst, token_ids = lr["instance"], lr["token_ids"]
     merges, lut = merge_fragment_ids(lr["faces"], inst, lr["semantic"], token_ids, p, log)
     if lut is not None:
-        rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, lut[inst], lut[token_ids])
-        for png in sorted((run / "labels" / "instance").glob("*.png")):
-            ids = np.asarray(Image.open(png)).astype(np.int64)
-            ext = np.arange(max(int(ids.max(initial=0)) + 1, len(lut)))
-            ext[:len(lut)] = lut
-            atomic_write_bytes(png, png16_bytes(ext[ids], png))
+        apply_id_map(run, lr, lut)
     p.merge_fragments = True
     record_post_process(run, s, f"fragment merging (max_fraction {p.fragment_max_fraction}, min_shared_edges "
                                 f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) "

@@ -178,12 +178,18 @@ def test_resolved_settings_of_the_shipped_suites():
     pl = next(m for m in SUITES["quick"].methods if m.name == "panoptic_lifting")
     s = resolve_fit_settings(SUITES["quick"], pl, 1, 144)
     assert (s.tokens.spatial_prior, s.tokens.adjust, s.panoptic.head) == (False, False, False)
+    assert s.tokens.formulation == "slots" and s.tokens.n_slots == 25 and s.tokens.segment_consistency == 1.2
+    ab = resolve_fit_settings(SUITES["quick"], next(m for m in SUITES["quick"].methods if m.name == "ours_ablated"), 0, 48)
+    assert ab.tokens.formulation == "tokens" and (ab.tokens.spatial_prior, ab.tokens.adjust, ab.panoptic.head) == \
+        (False, False, False)
     assert s.train.iters == 3300 and s.train.seed == 1 and s.train.monitor_every == 660
     assert s.tokens.adjust_rules.split_until_iters == 3 * 800                   # scaled like the stages
     abl = {m.name: resolve_fit_settings(SUITES["ablation"], m, 0, 48) for m in SUITES["ablation"].methods}
     assert [(v.tokens.spatial_prior, v.tokens.adjust, v.panoptic.head) for v in abl.values()] == \
         [(True, False, False), (True, True, False), (True, True, True), (False, True, True)]
-    assert len(suite_cells(SUITES["standard"])) == 3 * 3 * 2 * 3
+    assert len(suite_cells(SUITES["standard"])) == (3 * 3 + 3) * 2 * 4                 # + the walk family
+    assert {c.scene.group() for c in suite_cells(SUITES["walk"])} == {"walk-clean", "walk-realistic-video",
+                                                                       "walk-hard-video"}
 
 
 def test_subset_scores_by_hand():
@@ -331,6 +337,25 @@ def test_post_steps_cull_and_merge():
     blind_on = json.loads(json.dumps(new))
     blind_on["tokens"]["adjust_rules"]["blind_max_overlap"] = 0.1
     assert fit_reuse(before_blind, blind_on) == "refit"
+    # the mask-evidence merge (added later, off by default): its keys do not make a cell new; switching it on
+    # is a post-process of the finished fit, switching it off again a refit
+    before_mm = json.loads(json.dumps(new))
+    for k in ("merge_by_masks", "mask_merge_min_frames", "mask_merge_min_share"):
+        del before_mm["panoptic"][k]
+    assert fit_reuse(before_mm, new) == "evaluate"
+    mm_on = json.loads(json.dumps(new))
+    mm_on["panoptic"]["merge_by_masks"] = True
+    assert post_steps(before_mm, mm_on) == ["maskmerge"] and fit_reuse(new, mm_on) == "postprocess"
+    assert post_steps(mm_on, new) is None and fit_reuse(mm_on, new) == "refit"
+    # settings added later at their off values (the slot baseline, real-depth options) do not make a cell new
+    older = json.loads(json.dumps(new))
+    for sec, key in (("tokens", "formulation"), ("tokens", "n_slots"), ("tokens", "segment_consistency"),
+                     ("loss", "noise_power"), ("loss", "noise_ref_m")):
+        del older[sec][key]
+    assert fit_reuse(older, new) == "evaluate"
+    slots = json.loads(json.dumps(new))
+    slots["tokens"]["formulation"] = "slots"
+    assert fit_reuse(older, slots) == "refit"
     behind = json.loads(json.dumps(old))
     behind["mesh"]["cull_margin_m"] = 0.1                            # not a post-process setting
     assert post_steps(behind, new) is None and fit_reuse(behind, new) == "refit"

@@ -78,6 +78,8 @@ TINY_INSTANCE = TINY_FIELDS + [
     "loss.w_sem=0.5", "train.log_every=20", "train.checkpoint_every=1000", "train.threads=1",
     # one spare token: the adjustment must remove (or starve) it; ids must still separate the boxes
     "tokens.n_init=3", "tokens.adjust_rules.every_iters=40", "tokens.adjust_rules.window_iters=40",
+    # the mask-evidence merge runs at the end of the fit; the boxes' own masks keep them apart
+    "panoptic.merge_by_masks=true",
 ]
 
 
@@ -204,3 +206,35 @@ def test_export_of_the_fitted_scene_is_accepted_by_its_consumers(two_box_run, tm
     res = run_sdformat(exe, out, files)
     for f in files:
         assert res[str(f)]["check"] == 0 and res[str(f)]["errors"] == [], (f, res[str(f)])
+
+
+def test_mask_evidence_merge_keeps_the_boxes_apart_until_one_mask_covers_both(two_box_run, tmp_path):
+    import shutil
+
+    from recon.postfit.post_process import merge_run_by_masks
+
+    scene_dir, run = two_box_run
+    assert "mask-evidence merge: none" in (run / "log.txt").read_text()       # at fit time: separate masks
+    # the same scene with masks that cover both boxes as one object: the post-process merges them
+    scene2, run2 = tmp_path / "scene", tmp_path / "run"
+    shutil.copytree(scene_dir, scene2)
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (run2 / "scene.txt").write_text(str(scene2))
+    sc = load_scene(scene2)
+    for i, fid in enumerate(sc.frame_ids):
+        m_inst, m_sem, _ = sc.load_masks(i)
+        one = np.where(m_inst > 0, 1, 0).astype(np.uint16)
+        Image.fromarray(one).save(scene2 / "masks" / "instance" / f"{fid}.png")
+        (scene2 / "masks" / "scores" / f"{fid}.json").write_text(json.dumps({"1": {"class": 2, "score": 0.9}}))
+    before = json.loads((run2 / "instances.json").read_text())["instances"]
+    assert len(before) == 2
+    merges = merge_run_by_masks(run2, log=lambda *_: None)
+    assert len(merges) == 1
+    after = json.loads((run2 / "instances.json").read_text())
+    assert [e["id"] for e in after["instances"]] == [1]
+    _, _, _, props = read_ply(run2 / "mesh.ply")
+    assert set(np.unique(props["instance"]).tolist()) <= {0, 1}
+    labels = [np.asarray(Image.open(p)) for p in sorted((run2 / "labels" / "instance").glob("*.png"))]
+    assert labels and set(np.unique(np.concatenate([x.ravel() for x in labels])).tolist()) <= {0, 1}
+    assert "merge_by_masks: true" in (run2 / "config.yaml").read_text()
+    assert "mask-evidence merging" in (run2 / "log.txt").read_text()

@@ -18,15 +18,16 @@ from .classes import CLASS_ID, class_list
 from .layout import LAYOUTS, Layout
 from .render import (SceneMesh, build_scene_mesh, cast_frames, colour_images, label_images, make_raycaster,
                      vertex_colours)
+from .walkthrough import WALK_FRAMES, WALK_PRESETS, layout_walk, walk_trajectory
 
-PRESETS: tuple[str, ...] = ("room", "apartment", "clutter")
+PRESETS: tuple[str, ...] = ("room", "apartment", "clutter") + WALK_PRESETS   # walk: walkthrough.py
 FRAMES_PER_ROOM = 60
 MAX_ROOMS = {"room": 1, "apartment": 3, "clutter": 1}   # the apartment has 2 or 3 rooms, by seed
 
 
 def default_frames(preset: str) -> int:
     """The most frames a preset makes when no frame count is given (its largest layout)."""
-    return FRAMES_PER_ROOM * MAX_ROOMS[preset]
+    return WALK_FRAMES if preset in WALK_PRESETS else FRAMES_PER_ROOM * MAX_ROOMS[preset]
 GENERATOR_VERSION = "recon.data.synth/1"
 
 # per-frame acceptance thresholds
@@ -284,9 +285,10 @@ def generate_scene(preset: str = "room", seed: int = 0, size: tuple[int, int] = 
     width, height = int(size[0]), int(size[1])
     assert width >= 8 and height >= 8, size
     layout_rng, _ = np.random.default_rng(seed).spawn(2)
-    layout: Layout = LAYOUTS[preset](layout_rng)
+    layout: Layout = (layout_walk if preset in WALK_PRESETS else LAYOUTS[preset])(layout_rng)
     n_rooms = len(layout.rooms)
-    total = FRAMES_PER_ROOM * n_rooms if n_frames is None else int(n_frames)
+    total = (WALK_FRAMES if preset in WALK_PRESETS else FRAMES_PER_ROOM * n_rooms) if n_frames is None \
+        else int(n_frames)
     assert total >= 1
     # coverage rule (only for real scans, >= MIN_FRAMES_FOR_COVERAGE frames per room): every thing is
     # seen in >= MIN_VIEWS frames with > COVER_PX pixels (scaled to the image size); a thing that the
@@ -331,14 +333,18 @@ def _render_layout(layout: Layout, preset: str, seed: int, width: int, height: i
 
     # ---- trajectories: one loop per room
     n_rooms = len(layout.rooms)
-    per_room = _split_frames(total, n_rooms)
-    c2ws, room_of_frame = [], []
-    for room, n_r in zip(layout.rooms, per_room):
-        if n_r == 0:
-            continue
-        c2ws.append(room_trajectory(cam_rng, room.rect, n_r))
-        room_of_frame += [room.index] * n_r
-    c2ws = np.concatenate(c2ws, 0)                     # [N, 4, 4]
+    walk: dict = {}
+    if preset in WALK_PRESETS:                         # one walk through all rooms (walkthrough.py)
+        c2ws, room_of_frame, walk = walk_trajectory(cam_rng, layout, total)
+    else:
+        per_room = _split_frames(total, n_rooms)
+        c2ws, room_of_frame = [], []
+        for room, n_r in zip(layout.rooms, per_room):
+            if n_r == 0:
+                continue
+            c2ws.append(room_trajectory(cam_rng, room.rect, n_r))
+            room_of_frame += [room.index] * n_r
+        c2ws = np.concatenate(c2ws, 0)                 # [N, 4, 4]
     room_of_frame_arr = np.asarray(room_of_frame)
     enforce_rooms = n_rooms > 1
 
@@ -408,6 +414,8 @@ def _render_layout(layout: Layout, preset: str, seed: int, width: int, height: i
         "instance_views": [int(views[i]) for i in range(1, n_inst + 1)],
         "fx": float(K[0, 0]),
     }
+    if walk:
+        meta["walk"] = walk
     assert mesh.faces.dtype == np.int32 and mesh.vertices.shape[1] == 3
     obj_of_inst = [o for o, iid in zip(objects, instance_ids) if iid > 0]
     return SynthScene(

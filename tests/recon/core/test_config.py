@@ -118,5 +118,5 @@ def test_every_shipped_setting_has_help_and_checked_choices():
     with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         load_config(FitSettings, None, ["train.device=gpu"])
     assert load_config(FitSettings, None, ["train.device=cuda:1"]).train.device == "cuda:1"
-    with pytest.raises(ConfigError, match=r"'noise' must be one of \['clean', 'realistic', 'hard'\]"):
+    with pytest.raises(ConfigError, match=r"'noise' must be one of \['clean', 'realistic', 'hard', 'realistic-video', 'hard-video'\]"):
         load_config(SynthSettings, None, ["noise=loud"])
