@@ -88,8 +88,10 @@ class StubModel:
 
 
 class StubBranch:
-    """Exposes what render_rays calls on the instance branch: probs(keys, pts) and thing_mask."""
+    """Exposes what render_rays calls on the instance branch: probs(keys, pts), thing_mask and slots (False:
+    our tokens, not the Panoptic Lifting slots)."""
     thing_mask = THING_MASK
+    slots = False
 
     def probs(self, keys, pts):
         assert torch.equal(keys, 2.0 * pts), "keys must come from model.instance_keys at the same points"
