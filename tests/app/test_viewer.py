@@ -239,9 +239,13 @@ def test_viewer_refuses_bad_input(tmp_path, capsys):
 
 def test_cli_serves_until_ctrl_c(tiny_run):
     """`run.py view` prints the URL, serves the page, and exits 0 on Ctrl-C (SIGINT)."""
+    # a shell starts the command with SIGINT at its default; a child inherits an *ignored* SIGINT from its parent
+    # (and Python then installs no KeyboardInterrupt handler), so reset it in case something in this test process
+    # (an earlier test's library) ignores it
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "view", "--run", str(tiny_run), "--port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines, url = [], None
         t_end = time.monotonic() + 60
