@@ -95,18 +95,13 @@ def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
         if new_front > old_front:                   # faces culled already cannot come back
             return None
         steps.append("cull")
-    old_frag, new_frag = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in FRAGMENT_KEYS}
-                          for c in (old_c, new_c))
-    if old_frag != new_frag:
-        if not new_frag.get("merge_fragments") or old_frag.get("merge_fragments"):
-            return None                             # merged ids cannot be split again
-        steps.append("merge")
-    old_mm, new_mm = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in MASK_MERGE_KEYS}
-                      for c in (old_c, new_c))
-    if old_mm != new_mm:
-        if not new_mm.get("merge_by_masks") or old_mm.get("merge_by_masks"):
-            return None                             # merged ids cannot be split again
-        steps.append("maskmerge")
+    for step, keys, switch in (("merge", FRAGMENT_KEYS, "merge_fragments"),
+                               ("maskmerge", MASK_MERGE_KEYS, "merge_by_masks")):
+        old_p, new_p = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in keys} for c in (old_c, new_c))
+        if old_p != new_p:
+            if not new_p.get(switch) or old_p.get(switch):
+                return None                         # merged ids cannot be split again
+            steps.append(step)
     return steps
 
 
