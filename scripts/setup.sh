@@ -48,10 +48,20 @@ fi
 stamp=.venv/.requirements.sha
 want=$(cat requirements.txt requirements-nodeps.txt requirements.lock | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The pinned packages take about 8 GB installed (PyPI's torch brings its CUDA libraries); pip also unpacks
+  # each wheel in a temporary folder. Check the space first, so a full disk is named before minutes of work.
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  need_kb=$((10 * 1024 * 1024))
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    echo "[setup] only $((free_kb / 1024)) MB free on the disk of $(pwd); the packages need about 10 GB" \
+         "(free some space, or set TMPDIR to a larger disk)" >&2
+    exit 1
+  fi
   echo "[setup] installing pinned packages (requirements.txt, requirements-nodeps.txt, requirements.lock)"
-  .venv/bin/python -m pip install -q -r requirements.txt -c requirements.lock
+  # --no-cache-dir: no second copy of every wheel in ~/.cache/pip (several GB for torch alone)
+  .venv/bin/python -m pip install -q --no-cache-dir -r requirements.txt -c requirements.lock
   # GroundingDINO without the extras its metadata names (opencv-python needs libGL; supervision is unused)
-  .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt -c requirements.lock
+  .venv/bin/python -m pip install -q --no-cache-dir --no-deps -r requirements-nodeps.txt -c requirements.lock
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import torch, torchvision.ops, open3d, mcubes, scipy, numba, segment_anything, groundingdino.util.slconfig, lzfse, pyrealsense2, viser, open_clip, pxr, yourdfpy, coacd, ray" \
