@@ -51,9 +51,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The pinned packages take about 8 GB installed (PyPI's torch brings its CUDA libraries); pip also unpacks
   # each wheel in a temporary folder. Check the space first, so a full disk is named before minutes of work.
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-  need_kb=$((10 * 1024 * 1024))
+  need_kb=$((9 * 1024 * 1024))
   if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    echo "[setup] only $((free_kb / 1024)) MB free on the disk of $(pwd); the packages need about 10 GB" \
+    echo "[setup] only $((free_kb / 1024)) MB free on the disk of $(pwd); the packages need about 9 GB" \
          "(free some space, or set TMPDIR to a larger disk)" >&2
     exit 1
   fi
