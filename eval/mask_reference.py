@@ -20,7 +20,7 @@ Also reported per class, `label_coverage`: the share (%) of the class's observed
 at least one mask labels with their own class. A class the masks hardly ever label (a thin lamp
 eroded away at 160x120) cannot be expected to score well in 3D.
 
-    python -m eval.mask_reference --scene DIR [--split train] [--out FILE.json]
+    python -m eval.mask_reference --scene DIR [--split train] [--out FILE.json] [--mesh RUN/mesh.ply]
 """
 from __future__ import annotations
 
@@ -90,10 +90,18 @@ def oracle_instance_labels(mask_inst: np.ndarray, mask_sem: np.ndarray, gt_sem: 
     return out
 
 
-def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> dict:
+def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03,
+                   on_vertices: np.ndarray | None = None) -> dict:
     """semantic_3d of the masks' labels lifted onto the observed GT vertices by vote (see the module
     docstring), with per-class IoU and label coverage (%), keyed by class name; with GT instances
-    (vertex and image) also instance_3d of the masks' instances under oracle association."""
+    (vertex and image) also instance_3d of the masks' instances under oracle association.
+
+    on_vertices [M, 3] (a reconstruction's mesh vertices): the votes are cast on these points instead and
+    carried to the GT vertices by nearest neighbour, the transfer semantic_3d and instance_3d apply to a
+    predicted mesh. The result is what the masks carry given that geometry: a GT part the reconstruction
+    lost (a thin leg, the back of a table against a wall) takes the label of whatever surface is nearest,
+    as it does for the method. The gap between the two references is the geometry's share of a method's
+    gap to the first."""
     from eval.evaluate import observed_gt
     from eval.panoptic_metrics import instance_coverage
     if scene.gt_mesh_path is None or not scene.has_masks:
@@ -102,20 +110,27 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
     if "vertex_semantic" not in gt:
         raise ValueError(f"{scene.gt_mesh_path} has no 'semantic' vertex property")
     pts, gt_sem = gt["observed_vertices"], gt["vertex_semantic"]                 # [N, 3], [N]
+    if on_vertices is not None:
+        assert on_vertices.ndim == 2 and on_vertices.shape[1] == 3 and len(on_vertices), \
+            f"on_vertices must be [M, 3] with M > 0, got {on_vertices.shape}"
+        vpts = np.asarray(on_vertices, np.float64)                                # [M, 3] the points that vote
+        _, to_v = cKDTree(vpts).query(pts, k=1)                                   # [N] GT vertex -> voting point
+    else:
+        vpts, to_v = pts, np.arange(len(pts))
     names = {c.id: c.name for c in scene.classes}
     n_cls = max([int(gt_sem.max(initial=0))] + list(names)) + 1
-    votes = np.zeros((len(pts), n_cls), np.int64)                                 # [N, C]
+    votes = np.zeros((len(vpts), n_cls), np.int64)                                # [M, C]
     with_inst = "vertex_instance" in gt and scene.has_gt_images
     if with_inst:
         things = set(scene.thing_ids())
         keys = sorted({(int(c), int(i)) for c, i in zip(gt_sem, gt["vertex_instance"]) if c in things and i > 0})
         key_index = {k: n for n, k in enumerate(keys)}
-        inst_votes = np.zeros((len(pts), 2 + len(keys)), np.int64)                # [N, 2 + K]
+        inst_votes = np.zeros((len(vpts), 2 + len(keys)), np.int64)               # [M, 2 + K]
     split = split if split in scene.splits else "train"
     for i in scene.split_indices(split):
         m_inst, sem, _ = scene.load_masks(i)
         depth_m = scene.load_depth_m(i)
-        idx, lab = frame_votes(pts, scene.K, scene.c2w[i], depth_m, sem, depth_tol_m)
+        idx, lab = frame_votes(vpts, scene.K, scene.c2w[i], depth_m, sem, depth_tol_m)
         if lab.size and int(lab.max()) >= n_cls:
             raise ValueError(f"{scene.root / 'masks' / 'semantic' / (scene.frame_ids[i] + '.png')}: class id "
                              f"{int(lab.max())} is not in classes.json")
@@ -123,9 +138,10 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
         if with_inst:
             g_sem, g_inst = scene.load_gt(i)
             ivote = oracle_instance_labels(m_inst, sem, g_sem, g_inst, key_index)
-            idx, lab = frame_votes(pts, scene.K, scene.c2w[i], depth_m, ivote, depth_tol_m)
+            idx, lab = frame_votes(vpts, scene.K, scene.c2w[i], depth_m, ivote, depth_tol_m)
             np.add.at(inst_votes, (idx, lab), 1)
-    pred = vote_labels(pts, votes)
+    pred = vote_labels(vpts, votes)[to_v]                                          # [N]
+    votes = votes[to_v]                                                            # [N, C]
     sm = semantic_metrics(confusion_matrix(pred, gt_sem, n_cls, ignore_gt=0))
     coverage = {names.get(int(c), str(c)): round(100.0 * float((votes[gt_sem == c, c] > 0).mean()), 1)
                 for c in np.unique(gt_sem) if c > 0}
@@ -134,7 +150,8 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
                                              for k, v in sm["per_class_iou"].items()}}}
     if with_inst:
         # vote 1 = no instance -> id 0; vote 2 + k -> id k + 1 (one predicted id per GT instance)
-        pred_inst = np.maximum(vote_labels(pts, inst_votes) - 1, 0)
+        pred_inst = np.maximum(vote_labels(vpts, inst_votes) - 1, 0)[to_v]        # [N]
+        inst_votes = inst_votes[to_v]                                              # [N, 2 + K]
         cov = instance_coverage(pred_inst, gt_sem, gt["vertex_instance"], scene.thing_ids())
         gt_key = np.array([key_index.get((int(c), int(i)), -1) for c, i in zip(gt_sem, gt["vertex_instance"])])
         per = {}
@@ -147,7 +164,7 @@ def mask_reference(scene, split: str = "train", depth_tol_m: float = 0.03) -> di
         out["instance_3d"] = {"mcov": round(cov["mcov"], 3), "mwcov": round(cov["mwcov"], 3),
                               "n_gt_instances": cov["n_gt_instances"], "per_instance": per}
     return {**out, "label_coverage": coverage, "split": split, "depth_tol_m": depth_tol_m,
-            "n_vertices": int(len(pts))}
+            "n_vertices": int(len(pts)), "geometry": "gt" if on_vertices is None else "reconstruction"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", help="frames whose masks vote (default: train)")
     p.add_argument("--depth-tol", type=float, default=0.03, help="visibility tolerance in metres")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
+    p.add_argument("--mesh", type=Path, default=None,
+                   help="a reconstruction's mesh (RUN/mesh.ply): vote on its vertices, carried to the GT vertices "
+                        "by nearest neighbour (what the masks carry given that geometry)")
     args = p.parse_args(argv)
-    ref = mask_reference(load_scene(args.scene, check_images=False), args.split, args.depth_tol)
+    on = None
+    if args.mesh is not None:
+        from recon.data.ply import read_ply
+        if not args.mesh.is_file():
+            p.error(f"{args.mesh}: no such mesh")
+        on = read_ply(args.mesh)[0]
+        if len(on) == 0:
+            p.error(f"{args.mesh}: the mesh has no vertices")
+    ref = mask_reference(load_scene(args.scene, check_images=False), args.split, args.depth_tol, on)
     text = json.dumps(ref, indent=1) + "\n"
     if args.out is not None:
         atomic_write_text(args.out, text)

@@ -81,3 +81,33 @@ def test_mask_reference_instance_block_on_a_scene(tmp_path):
     assert after["mcov"] < inst["mcov"]
     others = [k for k in seen if k != victim]
     assert all(after["per_instance"][k]["iou"] > 50 for k in others)
+
+
+def test_mask_reference_on_a_reconstructions_vertices(tmp_path):
+    """Votes cast on other points (a reconstruction's vertices) and carried to the GT vertices by nearest
+    neighbour: on the GT vertices themselves the result is the GT-geometry reference; with one instance's
+    surface missing from the 'reconstruction', its GT vertices take the labels of the nearest remaining
+    surface, so its IoU falls (only neighbours within the depth tolerance of its masks' pixels, such as the
+    floor at its foot, still vote for it) while the instances still present keep theirs."""
+    from eval.evaluate import observed_gt
+    from recon.data.make_synth import make_synth_scene
+    from recon.data.scene import load_scene
+    from recon.core.settings import SynthSettings
+    root = tmp_path / "scene"
+    make_synth_scene(SynthSettings(size=(64, 48), frames=8, noise="clean"), root, log=lambda *_: None)
+    scene = load_scene(root, check_images=False)
+    base = mask_reference(scene)
+    assert base["geometry"] == "gt"
+    gt = observed_gt(scene)
+    same = mask_reference(scene, on_vertices=gt["observed_vertices"])
+    assert same["geometry"] == "reconstruction"
+    assert same["semantic_3d"] == base["semantic_3d"] and same["instance_3d"] == base["instance_3d"]
+    inst = base["instance_3d"]["per_instance"]
+    seen = {k: v for k, v in inst.items() if v["iou"] > 50}
+    victim = max(seen, key=lambda k: seen[k]["n_vertices"])
+    cname, gid = victim.split("#")
+    cid = next(c.id for c in scene.classes if c.name == cname)
+    gone = (gt["vertex_semantic"] == cid) & (gt["vertex_instance"] == int(gid))
+    lost = mask_reference(scene, on_vertices=gt["observed_vertices"][~gone])["instance_3d"]["per_instance"]
+    assert lost[victim]["iou"] < 0.5 * inst[victim]["iou"], (lost[victim], inst[victim])
+    assert any(lost[k]["iou"] > 50 for k in seen if k != victim)
