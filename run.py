@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "where, in the training frames that show both, one 2D mask covers both (a long "
                                     "table or a cabinet owned by two tokens; recon/postfit/mask_merge.py). Rewrites "
                                     "mesh.ply, instances/, instances.json and labels/instance/ with one id map. Runs "
-                                    "fitted with panoptic.merge_by_masks=true have it applied already.")
+                                    "fitted with panoptic.merge_by_masks=true (the default) have it applied already.")
     mm.add_argument("--run", type=Path, required=True)
     mm.add_argument("--min-frames", type=int, default=None,
                     help="frames where one mask covers both, at least (default: the run's setting, 3)")

@@ -239,7 +239,8 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.ftruncate(self.fd, 0)          # a writer that ends normally leaves no holder text: only one that
+            fcntl.flock(self.fd, fcntl.LOCK_UN)   # died holding the lock is reported as stale by the next
             os.close(self.fd)
             self.fd = None
 

@@ -195,12 +195,15 @@ class PanopticSettings:
               "fragment_min_shared_edges": ">=1", "mask_merge_min_frames": ">=1",
               "mask_merge_min_share": "[0, 1]"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
+    keep_untokened_classes: bool = True  # labels with the head: where the semantic field's most likely class is a
+                                         # thing class that no token carries (a small object whose tokens were
+                                         # pruned or took another class), keep that class (the instance: the head's)
     min_instance_vertices: int = 30      # instances with fewer mesh vertices are left out of instances.json
     merge_fragments: bool = True         # post-process: a small instance merges into the same-class instance it
                                          # touches on the mesh (recon/postfit/fragments.py; ours, not in the paper)
     fragment_max_fraction: float = 0.2   # ... if it has fewer than this share of that instance's vertices
     fragment_min_shared_edges: int = 3   # ... and shares at least this many mesh edges with it
-    merge_by_masks: bool = False         # post-process: two same-class instances merge where the training frames'
+    merge_by_masks: bool = True          # post-process: two same-class instances merge where the training frames'
                                          # masks show them as one object (recon/postfit/mask_merge.py; ours)
     mask_merge_min_frames: int = 3       # ... in at least this many frames where both are in view
     mask_merge_min_share: float = 0.7    # ... and in at least this share of those frames

@@ -119,7 +119,18 @@ def labels_from_distributions(branch: InstanceBranch | None, head: bool, sem_pro
         tok_cls, _ = branch.token_classes()                                        # [N]
         column_class = torch.cat([branch.stuff_ids, tok_cls])                      # [C_stuff + N]
         token = torch.where(k >= branch.n_stuff, k - branch.n_stuff, torch.full_like(k, -1))
-        return column_class[k], token
+        cls = column_class[k]
+        if getattr(branch, "keep_untokened_classes", False) and sem_probs is not None:
+            # l_P can only name the classes tokens carry: a thing class the semantic field still holds but no
+            # token does (tokens of small objects pruned or swayed) would vanish. Keep the field's class there;
+            # the instance stays the head's (the token that covers the object, of another class, is still the
+            # best instance evidence there is; dropping it measured worse, docs/method.md 12.1).
+            carried = torch.zeros_like(branch.thing_mask)                          # [C] bool
+            carried[tok_cls] = True
+            sem = sem_probs.argmax(-1)                                             # [M]
+            lost = branch.thing_mask[sem] & ~carried[sem]
+            cls = torch.where(lost, sem, cls)
+        return cls, token
     assert sem_probs is not None and token_probs is not None
     sem = sem_probs.argmax(-1)
     is_thing = branch.thing_mask[sem]

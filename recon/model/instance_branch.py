@@ -48,7 +48,7 @@ class InstanceBranch(nn.Module):
     """Tokens + class head + the panoptic layout (stuff columns, thing mask) of one scene."""
 
     def __init__(self, tokens: InstanceTokens, thing_ids: list[int], n_sem_columns: int, s: TokenSettings,
-                 class_hidden: int = 32):
+                 class_hidden: int = 32, keep_untokened_classes: bool = False):
         super().__init__()
         assert thing_ids, "the instance branch needs at least one thing class"
         self.tokens = tokens
@@ -61,6 +61,9 @@ class InstanceBranch(nn.Module):
         self.spatial_prior = bool(s.spatial_prior)
         self.temperature = float(s.temperature)
         self.slots = s.formulation == "slots"                                     # Panoptic Lifting's softmax slots
+        # labelling with the head: a point whose semantic field names a thing class no token carries keeps that
+        # class (panoptic.keep_untokened_classes; recon/model/inference.py)
+        self.keep_untokened_classes = bool(keep_untokened_classes)
 
     @property
     def n_stuff(self) -> int:

@@ -162,7 +162,8 @@ def _fit_locked(scene, scene_dir: Path, run: Path, s: FitSettings, mode: str, ck
         model.to(dev)
         if with_inst:
             tokens = init_tokens_from_bank(bank, scene.thing_ids(), s.tokens, gen, log=log.info)
-            branch0 = InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens).to(dev)
+            branch0 = InstanceBranch(tokens, scene.thing_ids(), scene.n_classes, s.tokens,
+                                     keep_untokened_classes=s.panoptic.keep_untokened_classes).to(dev)
             inst = make_instance_state(branch0, s, log.info)
         opt = make_optimizer(model, s, inst.branch if inst else None)
         if gs_wanted:

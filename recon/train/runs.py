@@ -37,7 +37,8 @@ def build_model_for_scene(scene: Scene, s: FitSettings, train_idx: list[int], bo
 def restore_branch(state: dict, scene: Scene, s: FitSettings) -> InstanceBranch:
     """The instance branch of a checkpoint's "instance" entry (tokens sized from the state)."""
     tokens = InstanceTokens.from_state_dict(state["tokens"])
-    branch = InstanceBranch(tokens, list(state["thing_ids"]), scene.n_classes, s.tokens)
+    branch = InstanceBranch(tokens, list(state["thing_ids"]), scene.n_classes, s.tokens,
+                            keep_untokened_classes=s.panoptic.keep_untokened_classes)
     branch.class_head.load_state_dict(state["class_head"])
     return branch
 

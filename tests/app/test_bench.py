@@ -337,16 +337,18 @@ def test_post_steps_cull_and_merge():
     blind_on = json.loads(json.dumps(new))
     blind_on["tokens"]["adjust_rules"]["blind_max_overlap"] = 0.1
     assert fit_reuse(before_blind, blind_on) == "refit"
-    # the mask-evidence merge (added later, off by default): its keys do not make a cell new; switching it on
-    # is a post-process of the finished fit, switching it off again a refit
+    # the mask-evidence merge (added later, on by default since): a cell from before it (no keys) is the merge
+    # switched off; switching it on is a post-process of the finished fit, switching it off again a refit
+    assert new["panoptic"]["merge_by_masks"] is True
+    mm_off = json.loads(json.dumps(new))
+    mm_off["panoptic"]["merge_by_masks"] = False
     before_mm = json.loads(json.dumps(new))
     for k in ("merge_by_masks", "mask_merge_min_frames", "mask_merge_min_share"):
         del before_mm["panoptic"][k]
-    assert fit_reuse(before_mm, new) == "evaluate"
-    mm_on = json.loads(json.dumps(new))
-    mm_on["panoptic"]["merge_by_masks"] = True
-    assert post_steps(before_mm, mm_on) == ["maskmerge"] and fit_reuse(new, mm_on) == "postprocess"
-    assert post_steps(mm_on, new) is None and fit_reuse(mm_on, new) == "refit"
+    assert fit_reuse(before_mm, mm_off) == "evaluate"
+    mm_on = new
+    assert post_steps(before_mm, mm_on) == ["maskmerge"] and fit_reuse(mm_off, mm_on) == "postprocess"
+    assert post_steps(mm_on, mm_off) is None and fit_reuse(mm_on, mm_off) == "refit"
     # settings added later at their off values (the slot baseline, real-depth options) do not make a cell new
     older = json.loads(json.dumps(new))
     for sec, key in (("tokens", "formulation"), ("tokens", "n_slots"), ("tokens", "segment_consistency"),

@@ -125,6 +125,31 @@ def test_labels_from_distributions_head_on_and_off():
     assert sem.tolist() == [1, 3] and tok.tolist() == [-1, 1]
 
 
+def test_labels_keep_a_thing_class_no_token_carries():
+    """With the head, classes come from the tokens: both tokens here are chairs (2), so table (3) could never be
+    named. keep_untokened_classes: where the semantic field's most likely class is table, the point keeps
+    'table' (its instance stays the head's token); where the field names a class a token carries (chair) or a
+    stuff class (wall), or the rule is off, the head decides."""
+    b = _branch(n_tokens=2)
+    with torch.no_grad():
+        for p in b.class_head.parameters():
+            p.zero_()
+        b.class_head.net[2].bias.copy_(torch.tensor([1.0, -1.0]))          # every token -> chair
+    # columns: sem [unlabelled, wall, chair, table]; head [unlabelled, wall, token0, token1]
+    sem_p = torch.tensor([[0.0, 0.1, 0.2, 0.7],                          # the field: table
+                          [0.0, 0.1, 0.6, 0.3],                          # chair
+                          [0.0, 0.6, 0.1, 0.3]])                         # wall
+    pan = torch.tensor([[0.0, 0.1, 0.2, 0.7], [0.0, 0.1, 0.6, 0.3], [0.0, 0.2, 0.5, 0.3]])
+    assert b.keep_untokened_classes is False
+    sem, tok = labels_from_distributions(b, True, sem_p, None, pan)
+    assert sem.tolist() == [2, 2, 2] and tok.tolist() == [1, 0, 0]
+    b.keep_untokened_classes = True
+    sem, tok = labels_from_distributions(b, True, sem_p, None, pan)
+    assert sem.tolist() == [3, 2, 2] and tok.tolist() == [1, 0, 0]
+    sem, tok = labels_from_distributions(b, True, None, None, pan)      # no field distribution given: the head
+    assert sem.tolist() == [2, 2, 2]
+
+
 def test_token_ids_faces_and_clusters():
     ids = token_id_map(4, np.array([-1, 2, 2, 0, -1]))
     assert ids.tolist() == [1, 3, 2, 4]                                  # owners 0, 2 first, then 1, 3
