@@ -53,8 +53,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
   need_kb=$((9 * 1024 * 1024))
   if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    echo "[setup] only $((free_kb / 1024)) MB free on the disk of $(pwd); the packages need about 9 GB" \
-         "(free some space, or set TMPDIR to a larger disk)" >&2
+    echo "[setup] only $((free_kb / 1024)) MB free on the disk of $(pwd); .venv needs about 9 GB there" \
+         "(free some space, or clone the project onto a larger disk)" >&2
     exit 1
   fi
   echo "[setup] installing pinned packages (requirements.txt, requirements-nodeps.txt, requirements.lock)"

@@ -120,7 +120,7 @@ def labels_from_distributions(branch: InstanceBranch | None, head: bool, sem_pro
         column_class = torch.cat([branch.stuff_ids, tok_cls])                      # [C_stuff + N]
         token = torch.where(k >= branch.n_stuff, k - branch.n_stuff, torch.full_like(k, -1))
         cls = column_class[k]
-        if getattr(branch, "keep_untokened_classes", False) and sem_probs is not None:
+        if branch.keep_untokened_classes and sem_probs is not None:
             # l_P can only name the classes tokens carry: a thing class the semantic field still holds but no
             # token does (tokens of small objects pruned or swayed) would vanish. Keep the field's class there;
             # the instance stays the head's (the token that covers the object, of another class, is still the
