@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="replace OUT/run")
     pr.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
 
+    gs = sub.add_parser("grid-speed", help="measure the hash grid alone: forward + backward points per second",
+                        description="Forward + backward throughput of the hash grid's CPU backends (PyTorch and "
+                                    "Numba) on uniform random points, best of --reps after a warm-up; prints one "
+                                    "line per backend and, with --json, writes the numbers. See "
+                                    "fields.hashgrid.benchmark_hash_grid.")
+    gs.add_argument("--levels", type=int, default=16, help="levels (default 16)")
+    gs.add_argument("--log2-table", type=int, default=19, help="log2 of the rows per level (default 19)")
+    gs.add_argument("--features", type=int, default=2, help="features per level (default 2)")
+    gs.add_argument("--finest", type=int, default=512, help="finest level's cells per axis (default 512)")
+    gs.add_argument("--points", type=int, default=65536, help="points per pass (default 65536)")
+    gs.add_argument("--reps", type=int, default=10, help="timed passes per backend (default 10)")
+    gs.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    gs.add_argument("--backend", choices=["torch", "numba", "both"], default="both")
+    gs.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
+
     fm = sub.add_parser("fit-many", help="fit many scene folders with the same settings (optionally on Ray)",
                         description="Fit every scene folder a glob matches into OUT/<scene name>/, one `fit` process "
                                     "each, sequentially or as Ray tasks (--ray: a local Ray instance, or a cluster "

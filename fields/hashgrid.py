@@ -48,13 +48,14 @@ Speed notes (torch backend, CPU; no Python loop over levels)
   Measured forward+backward on uniform random points, N = 65536, 2 threads (shared machine, best of
   4): 16 levels / 2^19 ~1.4e5 points/s, 12 levels / 2^17 ~2.0e5 points/s (first naive version
   6e4 / 9e4). torch.compile (``compile=True``) measured 2.7e4 / 3.2e4 and cannot double-backward,
-  so it is off. ``benchmark_hash_grid`` re-measures.
+  so it is off. ``benchmark_hash_grid`` re-measures (``python run.py grid-speed``). The Numba backend
+  (NumbaHashGridEncoding, fields/hashgrid_numba.py) is 0.87 M points/s on the same grid (2026-12-06).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -298,6 +299,8 @@ class NumbaHashGridEncoding(HashGridEncoding):
         self._np = (np.asarray(self.resolutions, np.float32),                              # [L] cells per axis
                     self.axis_mult.numpy().astype(np.int64).copy(),                        # [L, 3]
                     np.array([lv < self.n_dense for lv in range(self.n_levels)]))          # [L] dense levels
+        from fields.hashgrid_numba import GradBufferPool
+        self._grad_pool = GradBufferPool()                                                 # scratch, not state
 
     def forward(self, x01: Tensor) -> Tensor:
         assert x01.dim() == 2 and x01.shape[1] == 3, f"x01 must be [N, 3], got {tuple(x01.shape)}"
@@ -305,7 +308,8 @@ class NumbaHashGridEncoding(HashGridEncoding):
             return super().forward(x01)
         from fields.hashgrid_numba import encode_numba
         with stage("hash grid"):
-            out = encode_numba(x01, self.params.view(-1, self.n_features), *self._np, self.table_size)
+            out = encode_numba(x01, self.params.view(-1, self.n_features), *self._np, self.table_size,
+                               self._grad_pool)
         assert out.shape == (x01.shape[0], self.out_dim)
         return out
 
@@ -386,15 +390,20 @@ def estimate_hash_grid_activation_bytes(cfg: HashGridConfig, n_points: int) -> i
 
 
 def benchmark_hash_grid(
-    cfg: HashGridConfig, n_points: int = 65536, reps: int = 5, x_requires_grad: bool = False, seed: int = 0
+    cfg: HashGridConfig, n_points: int = 65536, reps: int = 5, x_requires_grad: bool = False, seed: int = 0,
+    backend: str = "torch",
 ) -> dict[str, float]:
-    """Forward+backward throughput of the torch backend on uniform random points.
+    """Forward+backward throughput of one CPU backend (``backend``: "torch" or "numba") on uniform random points in the unit cube: the worst case for the caches (a
+    fit's samples lie along rays, near each other).
 
-    Best of ``reps`` after one warm-up call. ``points_per_s`` uses wall time; ``points_per_cpu_s`` uses
-    process CPU time (all threads), which is less disturbed by other tenants of a shared machine.
+    Best of ``reps`` after one warm-up call (which also compiles). ``points_per_s`` uses wall time;
+    ``points_per_cpu_s`` uses process CPU time (all threads), which is less disturbed by other tenants of a
+    shared machine. The gradient is set to None before every pass, as a training step does.
     """
+    if backend not in ("torch", "numba"):
+        raise ValueError(f"benchmark_hash_grid measures the CPU backends 'torch' and 'numba', not {backend!r}")
     gen = torch.Generator().manual_seed(seed)
-    enc = HashGridEncoding(cfg)
+    enc = HashGridEncoding(cfg) if backend == "torch" else make_hash_grid(replace(cfg, backend=backend))
     x = torch.rand(n_points, 3, generator=gen).requires_grad_(x_requires_grad)
     grad_out = torch.randn(n_points, enc.out_dim, generator=gen)
     wall, cpu = [], []
