@@ -134,7 +134,10 @@ if numba is not None:
                         grad_table[row, f] += w * grad_out[n, lv * n_feat + f]
 
 
-FORWARD_BLOCK = 16384  # points per parallel iteration of _forward (1024: 33 ms, 4096: 31, 16384: 28 at 65k points)
+def _block(n_pts: int) -> int:
+    """Points per parallel iteration of _forward: about 2 blocks per thread, at most 16384 (at 65k points and
+    2 threads, blocks of 1024 / 4096 / 16384 took 33 / 31 / 28 ms), at least 256."""
+    return int(min(16384, max(256, -(-n_pts // (2 * numba.get_num_threads())))))
 
 
 class GradBufferPool:
@@ -181,7 +184,7 @@ class _Encode(torch.autograd.Function):
         tab = table.detach().contiguous().numpy()
         out = np.empty((x.shape[0], res.shape[0] * tab.shape[1]), np.float32)            # [N, L*F]
         match_torch_threads()
-        _forward(x, tab, res, mult, dense, table_size, FORWARD_BLOCK, out)
+        _forward(x, tab, res, mult, dense, table_size, _block(x.shape[0]), out)
         ctx.save_for_backward(x01.detach().float())
         ctx.consts = (res, mult, dense, table_size, tuple(table.shape), pool)
         return torch.from_numpy(out)
