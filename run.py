@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute nothing: rebuild results.json and report.md from the cells in --out")
     b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the cells as Ray tasks: without ADDRESS on a local Ray instance, else on that cluster")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each fit cell (train.threads; default the suite's config, 0 = every core); "
+                        "with --ray each fit asks for that many CPUs, so --threads 1 runs one fit per CPU at once")
     b.add_argument("--ray-cpus", type=int, default=None,
                    help="local Ray: CPUs to offer (default all); each fit cell asks for its train.threads")
     b.add_argument("--publish", action="store_true",

@@ -286,6 +286,8 @@ def cmd_bench(args) -> int:
     if args.suite not in SUITES:
         raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(SUITES)}")
     suite = SUITES[args.suite]
+    if args.threads is not None and args.threads < 0:
+        raise UserError(f"--threads must be 0 (every core) or more, got {args.threads}")
     out = Path(args.out) if args.out is not None else Path("runs") / "bench" / suite.name
     say = lambda m: print(m, file=sys.stderr, flush=True)      # noqa: E731
     if args.report_only:
@@ -298,7 +300,7 @@ def cmd_bench(args) -> int:
     else:
         try:
             results = run_suite(suite, out, force=args.force, only=args.only, keep_checkpoints=args.keep_checkpoints,
-                                ray_address=args.ray, ray_cpus=args.ray_cpus,
+                                ray_address=args.ray, ray_cpus=args.ray_cpus, fit_threads=args.threads,
                                 log=say)
         except KeyboardInterrupt:
             say(f"interrupted: finished cells are kept in {out / 'cells'}; run the same command again to "

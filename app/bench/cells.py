@@ -89,8 +89,9 @@ def resolve_fit_settings(suite: Suite, method: MethodSpec, seed: int, n_train: i
     return load_config(FitSettings, None, [], base={**to_dict(s), "train": train, "tokens": tokens})
 
 
-def prepare_cell(suite: Suite, cell: Cell, scene_dir: Path, cell_dir: Path) -> dict:
-    """Write cell_dir/spec.json (and fit.yaml) and return the spec; its hash decides resume."""
+def prepare_cell(suite: Suite, cell: Cell, scene_dir: Path, cell_dir: Path, fit_threads: int | None = None) -> dict:
+    """Write cell_dir/spec.json (and fit.yaml) and return the spec; its hash decides resume. fit_threads: a fit
+    cell's train.threads (None: the suite's config)."""
     scene = load_scene(scene_dir, check_images=False)
     eval_idx = scene.split_indices("eval") if "eval" in scene.splits else list(range(len(scene)))
     monitor_idx = evenly_spaced(eval_idx, suite.monitor_frames) if scene.has_gt_images else []
@@ -103,6 +104,8 @@ def prepare_cell(suite: Suite, cell: Cell, scene_dir: Path, cell_dir: Path) -> d
         split = resolve_fit_settings(suite, cell.method, cell.seed, None).data.split
         n_train = len(scene.split_indices(split)) if split in scene.splits else len(scene)
         s = resolve_fit_settings(suite, cell.method, cell.seed, n_train)
+        if fit_threads is not None:
+            s.train.threads = int(fit_threads)
         spec["config"] = to_dict(s)
         spec["n_train"] = n_train
         save_config(s, cell_dir / "fit.yaml")

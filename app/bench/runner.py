@@ -89,7 +89,7 @@ def run_cell_task(cell_dir: str) -> dict:
 
 def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None = None, isolate: bool = True,
               echo: bool = True, progress: bool = True, keep_checkpoints: bool = False, log=print,
-              ray_address: str | None = None, ray_cpus: int | None = None) -> dict:
+              ray_address: str | None = None, ray_cpus: int | None = None, fit_threads: int | None = None) -> dict:
     """Run every (selected) cell of `suite` into `out`, then write results.json and report.md.
 
     force: recompute done cells; only: fnmatch pattern(s) on cell ids, comma separated;
@@ -99,6 +99,8 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
     resumed).
     ray_address: run the cells as Ray tasks (app/executor.py: "local" starts Ray on this machine with
     `ray_cpus` CPUs, default all; else a cluster address); the files written are the same.
+    fit_threads: train.threads of every fit cell (None: the suite's config). It is part of the cell's
+    settings (float sums may differ with the thread count), so cells done with other threads are refitted.
     Returns the results dict.
     """
     out = Path(out)
@@ -126,7 +128,7 @@ def run_suite(suite: Suite, out: Path, *, force: bool = False, only: str | None 
             sd = scene_dirs[cell.scene_key]
             if isinstance(sd, BaseException):
                 raise RuntimeError(f"scene {cell.scene_key} could not be made: {type(sd).__name__}: {sd}") from sd
-            spec = prepare_cell(suite, cell, sd, cell_dir)
+            spec = prepare_cell(suite, cell, sd, cell_dir, fit_threads=fit_threads)
         except Exception as exc:
             cell_dir.mkdir(parents=True, exist_ok=True)
             rec = {"cell_id": cell.cell_id, "status": "failed", "config_hash": "",

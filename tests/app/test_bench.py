@@ -192,6 +192,31 @@ def test_resolved_settings_of_the_shipped_suites():
                                                                        "walk-hard-video"}
 
 
+def test_fit_threads_reach_the_cell_settings_and_its_ray_resources(tmp_path):
+    """`bench --threads N`: each fit cell's fit.yaml carries train.threads = N, its Ray task asks for N CPUs, and
+    the cell hash changes with it (thread counts may change float sums); a fusion cell stays at one CPU."""
+    from app.bench.cells import prepare_cell
+    from app.bench.runner import cell_resources
+    from recon.data.make_synth import make_synth_scene
+    from recon.core.settings import SynthSettings
+    scene = tmp_path / "scene"
+    make_synth_scene(SynthSettings(preset="room", size=(40, 30), frames=4, holdout_every=2), scene, log=lambda m: None)
+    suite = tiny_suite()
+    cell = next(c for c in suite_cells(suite) if c.method.name == "ours")
+    hashes = []
+    for threads in (None, 1, 3):
+        d = tmp_path / f"cell_{threads}"
+        spec = prepare_cell(suite, cell, scene, d, fit_threads=threads)
+        hashes.append(spec["config_hash"])
+        want = 1 if threads is None else threads          # TINY sets train.threads=1
+        assert spec["config"]["train"]["threads"] == want
+        assert cell_resources(d)["cpus"] == float(want)
+    assert hashes[0] == hashes[1] != hashes[2]            # None keeps the suite's own 1; 3 is another cell
+    fusion = next(c for c in suite_cells(suite) if c.method.kind == "fusion")
+    prepare_cell(suite, fusion, scene, tmp_path / "fusion", fit_threads=3)
+    assert cell_resources(tmp_path / "fusion") == {"cpus": 1.0}
+
+
 def test_subset_scores_by_hand():
     # 1 frame 2x4; class 1 stuff, class 2 thing. GT: left half stuff, right half thing instance 5.
     gt = (np.array([[1, 1, 2, 2], [1, 1, 2, 2]]), np.array([[0, 0, 5, 5], [0, 0, 5, 5]]))
