@@ -29,6 +29,21 @@ def numba_available() -> tuple[bool, str]:
     return True, numba.__version__
 
 
+_POOL_STARTED = False
+
+
 def match_torch_threads() -> None:
-    """Numba's threads follow torch's, within the pool Numba started with."""
+    """Numba's threads follow torch's, within the pool Numba started with.
+
+    Starting Numba's OpenMP pool (its first parallel call, or get/set_num_threads) sets the process's OpenMP
+    thread count to the pool size, and torch reads its intra-op thread count from OpenMP: a fit with
+    train.threads=1 went back to 2 torch threads at its first Numba kernel (measured: torch.get_num_threads()
+    1 -> 2). So the pool is started first, and torch's count put back."""
+    global _POOL_STARTED
+    if not _POOL_STARTED:
+        want = torch.get_num_threads()
+        numba.get_num_threads()                          # starts the pool (resets OpenMP's thread count)
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+        _POOL_STARTED = True
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fields.numba_jit import njit, numba, prange
+from fields.numba_jit import match_torch_threads, njit, numba, prange
 
 ALPHA_MAX = 0.99          # as fields/gaussians.py
 ALPHA_MIN = 1.0 / 255.0
@@ -146,6 +146,7 @@ class BlendNumba(torch.autograd.Function):
         acc = np.zeros((n_tiles, q), npdt)
         t_end = np.zeros((n_tiles, q), np.float64)
         n_done = np.zeros((n_tiles, q), np.int64)
+        match_torch_threads()
         _forward_kernel(*arrays, ntx, tile, T_STOP, out, acc, t_end, n_done)   # module value read per call (tests set 0)
         ctx.arrays, ctx.t_end, ctx.n_done, ctx.ntx, ctx.tile = arrays, t_end, n_done, ntx, tile
         ctx.save_for_backward(g)
@@ -161,6 +162,7 @@ class BlendNumba(torch.autograd.Function):
         npdt = feat.dtype
         d_uv, d_conic = np.zeros((P, 2), npdt), np.zeros((P, 3), npdt)
         d_op, d_feat = np.zeros(P, npdt), np.zeros((P, C), npdt)
+        match_torch_threads()
         _backward_kernel(uv, conic, opac, feat, pair_g, tile_start, ctx.ntx, ctx.tile, ctx.t_end, ctx.n_done,
                          _np(g_out.to(_torch_dtype(npdt))), _np(g_acc.to(_torch_dtype(npdt))), d_uv, d_conic, d_op, d_feat)
         uv_shape, conic_shape, op_shape, feat_shape, uv_dt, conic_dt, op_dt = ctx.shapes

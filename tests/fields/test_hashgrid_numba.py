@@ -139,3 +139,24 @@ def test_pool_is_scratch_memory_not_state():
     assert copy.deepcopy(pool)._buffers == [] and pickle.loads(pickle.dumps(pool))._buffers == []
     _, fast = _pair()
     assert copy.deepcopy(fast)._grad_pool._buffers == []
+
+
+def test_numba_kernels_keep_the_torch_thread_count():
+    """Starting Numba's OpenMP pool resets OpenMP's thread count, which torch reads: before the fix a fit with
+    train.threads=1 ran on 2 torch threads after its first Numba kernel. In a fresh process (the pool starts
+    once per process): torch at 1 thread stays at 1 after a Numba hash-grid pass, and Numba uses 1 too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = (
+        "import torch, numba\n"
+        "torch.set_num_threads(1)\n"
+        "from fields.hashgrid import HashGridConfig, NumbaHashGridEncoding\n"
+        "enc = NumbaHashGridEncoding(HashGridConfig(n_levels=2, log2_hashmap_size=8, finest_resolution=16))\n"
+        "enc(torch.rand(100, 3)).sum().backward()\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "2"]
