@@ -49,7 +49,7 @@ Speed notes (torch backend, CPU; no Python loop over levels)
   4): 16 levels / 2^19 ~1.4e5 points/s, 12 levels / 2^17 ~2.0e5 points/s (first naive version
   6e4 / 9e4). torch.compile (``compile=True``) measured 2.7e4 / 3.2e4 and cannot double-backward,
   so it is off. ``benchmark_hash_grid`` re-measures (``python run.py grid-speed``). The Numba backend
-  (NumbaHashGridEncoding, fields/hashgrid_numba.py) is 0.87 M points/s on the same grid (2026-12-06).
+  (NumbaHashGridEncoding, fields/hashgrid_numba.py) is 0.87-1.06 M points/s on the same grid (2026-12-06).
 """
 from __future__ import annotations
 
