@@ -120,22 +120,6 @@ def cmd_profile(args) -> int:
 
 @_guard
 def cmd_grid_speed(args) -> int:
-    import torch
-    for name in ("levels", "log2_table", "features", "finest", "points", "reps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    threads_before = torch.get_num_threads()
-    try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        return _grid_speed(args)
-    finally:
-        torch.set_num_threads(threads_before)     # in-process callers (tests) keep their thread count
-
-
-def _grid_speed(args) -> int:
     import json
 
     import torch
@@ -143,24 +127,35 @@ def _grid_speed(args) -> int:
     from fields.hashgrid import HashGridConfig, benchmark_hash_grid
     from fields.numba_jit import numba_available
     from recon.core.io import atomic_write_text
-    cfg = HashGridConfig(n_levels=args.levels, n_features_per_level=args.features,
-                         log2_hashmap_size=args.log2_table, finest_resolution=args.finest)
+    for name in ("levels", "log2_table", "features", "finest", "points", "reps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     backends = ["torch", "numba"] if args.backend == "both" else [args.backend]
     if "numba" in backends and not numba_available()[0]:
         if args.backend == "numba":
             raise UserError(f"the numba backend cannot run: {numba_available()[1]}")
         backends.remove("numba")
         print(f"numba: skipped ({numba_available()[1]})")
-    print(f"hash grid {args.levels} levels x 2^{args.log2_table} rows x {args.features} features, finest "
-          f"{args.finest} cells, {args.points} uniform points, {torch.get_num_threads()} threads, best of {args.reps}")
-    results = {}
-    for backend in backends:
-        r = benchmark_hash_grid(cfg, n_points=args.points, reps=args.reps, backend=backend)
-        results[backend] = r
-        print(f"{backend:>6}: {r['points_per_s'] / 1e6:.3f} M points/s (best {1e3 * r['seconds_best']:.1f} ms, "
-              f"median {1e3 * r['seconds_median']:.1f} ms per pass; {r['points_per_cpu_s'] / 1e6:.3f} M per CPU s)")
+    cfg = HashGridConfig(n_levels=args.levels, n_features_per_level=args.features,
+                         log2_hashmap_size=args.log2_table, finest_resolution=args.finest)
+    threads_before = torch.get_num_threads()
+    try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        threads = torch.get_num_threads()
+        print(f"hash grid {args.levels} levels x 2^{args.log2_table} rows x {args.features} features, finest "
+              f"{args.finest} cells, {args.points} uniform points, {threads} threads, best of {args.reps}")
+        results = {}
+        for backend in backends:
+            r = results[backend] = benchmark_hash_grid(cfg, n_points=args.points, reps=args.reps, backend=backend)
+            print(f"{backend:>6}: {r['points_per_s'] / 1e6:.3f} M points/s (best {1e3 * r['seconds_best']:.1f} ms, "
+                  f"median {1e3 * r['seconds_median']:.1f} ms per pass; {r['points_per_cpu_s'] / 1e6:.3f} M per CPU s)")
+    finally:
+        torch.set_num_threads(threads_before)     # in-process callers (tests) keep their thread count
     if args.json is not None:
-        payload = {"config": vars(cfg), "points": args.points, "threads": torch.get_num_threads(), "results": results}
+        payload = {"config": vars(cfg), "points": args.points, "threads": threads, "results": results}
         atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0

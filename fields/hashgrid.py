@@ -393,8 +393,8 @@ def benchmark_hash_grid(
     cfg: HashGridConfig, n_points: int = 65536, reps: int = 5, x_requires_grad: bool = False, seed: int = 0,
     backend: str = "torch",
 ) -> dict[str, float]:
-    """Forward+backward throughput of one CPU backend (``backend``: "torch" or "numba") on uniform random points in the unit cube: the worst case for the caches (a
-    fit's samples lie along rays, near each other).
+    """Forward+backward throughput of one CPU backend (``backend``: "torch" or "numba") on uniform random
+    points in the unit cube: the worst case for the caches (a fit's samples lie along rays, near each other).
 
     Best of ``reps`` after one warm-up call (which also compiles). ``points_per_s`` uses wall time;
     ``points_per_cpu_s`` uses process CPU time (all threads), which is less disturbed by other tenants of a

@@ -117,7 +117,7 @@ def test_gradient_buffers_are_reused_only_when_nothing_holds_them():
     for x in (x1, x2):
         ref(x).square().sum().backward()
     torch.testing.assert_close(fast.params.grad, ref.params.grad, rtol=0, atol=1e-6)
-    # a copy of the gradient taken by the user is never overwritten by later passes
+    # a gradient the user keeps a reference to is never overwritten by later passes
     saved = fast.params.grad.clone()
     kept = fast.params.grad
     fast.params.grad = None
@@ -145,6 +145,7 @@ def test_numba_kernels_keep_the_torch_thread_count():
     """Starting Numba's OpenMP pool resets OpenMP's thread count, which torch reads: before the fix a fit with
     train.threads=1 ran on 2 torch threads after its first Numba kernel. In a fresh process (the pool starts
     once per process): torch at 1 thread stays at 1 after a Numba hash-grid pass, and Numba uses 1 too."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -156,7 +157,7 @@ def test_numba_kernels_keep_the_torch_thread_count():
         "enc(torch.rand(100, 3)).sum().backward()\n"
         "print(torch.get_num_threads(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)\n")
     repo = Path(__file__).resolve().parents[2]
-    env = {**__import__("os").environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(repo)}
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(repo)}
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1", "2"]
