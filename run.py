@@ -203,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--min-share", type=float, default=None,
                     help="... as a share of the frames showing both, at least (default: the run's setting, 0.7)")
 
+    rl = sub.add_parser("relabel", help="labels where the masks are silent, from the masks' neighbours (finished run)",
+                        description="Post-process a finished run (no model needed; recon/postfit/mask_relabel.py): a "
+                                    "connected region of a thing class no instance carries gets an id of its own (a "
+                                    "bottle that carried its table's id), and mesh vertices no training mask labels "
+                                    "take the labels of the nearest vertex one does. Rewrites mesh.ply, instances/, "
+                                    "instances.json, relabel.npz and the label images that show changed vertices. "
+                                    "Runs fitted with panoptic.split_untokened / fill_unmasked (the defaults) have it "
+                                    "applied already.")
+    rl.add_argument("--run", type=Path, required=True)
+    rl.add_argument("--no-split", action="store_true", help="leave untokened regions with the id they have")
+    rl.add_argument("--no-fill", action="store_true", help="leave the vertices no mask labels as the fields label them")
+
     c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
                        description="Post-process a finished run: keep only mesh faces that some training view "
                                    "saw near its depth (mesh.cull_front_margin_m in front, mesh.cull_margin_m "

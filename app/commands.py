@@ -213,6 +213,13 @@ def cmd_merge_by_masks(args) -> int:
 
 
 @_guard
+def cmd_relabel(args) -> int:
+    from recon.postfit.post_process import relabel_run
+    relabel_run(args.run, split=not args.no_split, fill=not args.no_fill, progress=True)
+    return 0
+
+
+@_guard
 def cmd_cull_mesh(args) -> int:
     from recon.postfit.post_process import cull_run_mesh
     cull_run_mesh(args.run, args.front_margin)

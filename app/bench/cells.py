@@ -30,7 +30,7 @@ from recon.core.settings import FitSettings, SynthSettings
 from recon.data.make_synth import make_synth_scene
 from recon.data.run_files import read_label_images
 from recon.data.scene import load_scene
-from recon.postfit.post_process import cull_run_mesh, merge_run_by_masks, merge_run_fragments
+from recon.postfit.post_process import cull_run_mesh, merge_run_by_masks, merge_run_fragments, relabel_run
 from recon.train.callbacks import MetricMonitor
 from recon.train.checkpoint import has_checkpoint
 
@@ -186,6 +186,8 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
                                     log=say)
             if "maskmerge" in steps and (run / "instances.json").is_file():
                 merge_run_by_masks(run, s.panoptic.mask_merge_min_frames, s.panoptic.mask_merge_min_share, log=say)
+            if "relabel" in steps:
+                relabel_run(run, split=s.panoptic.split_untokened, fill=s.panoptic.fill_unmasked, log=say)
         elif same and has_checkpoint(run):
             fit_scene(scene_dir, run, s, resume=True, progress=progress, extra_callbacks=extra)  # interrupted earlier
         else:
@@ -198,8 +200,33 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
         curve = [{"iter": 0, "fit_seconds": float(timing["fit_seconds"]), **label_image_scores(run, scene, frames)}]
     else:
         raise ValueError(f"unknown method kind {kind!r}")
+    earlier = _model_blocks(run) if kind == "fit" and not has_checkpoint(run) else {}
     metrics = evaluate(run, scene_dir, baseline=False, log=lambda m: print(m, file=sys.stderr))
+    carried = {k: v for k, v in earlier.items() if k not in metrics}
+    if carried:        # the model is gone (checkpoints dropped): keep what only it could compute, from the last eval
+        metrics.update(carried)
+        metrics["carried_from_earlier_eval"] = sorted(carried)
+        atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        print(f"{run}: no checkpoint; {', '.join(sorted(carried))} kept from its earlier evaluation (they do not "
+              f"depend on the mesh's labels)", file=sys.stderr)
     return {"metrics": metrics, "curve": curve}
+
+
+# metrics.json blocks that need the trained model (the fields or the Gaussians), not the labelled mesh: a
+# post-process of a finished fit whose checkpoints were dropped cannot recompute them, nor does it change them
+MODEL_BLOCKS = ("rendering", "semantic_3d_fields", "instance_3d_fields")
+
+
+def _model_blocks(run: Path) -> dict:
+    """The MODEL_BLOCKS of RUN/metrics.json from an earlier evaluation ({} without one)."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return {k: old[k] for k in MODEL_BLOCKS if isinstance(old.get(k), dict)}
 
 
 def drop_checkpoints(run: Path) -> None:

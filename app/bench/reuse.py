@@ -21,6 +21,14 @@ FRAGMENT_KEYS = ("merge_fragments", "fragment_max_fraction", "fragment_min_share
 # nothing, so cells keep their identity
 MASK_MERGE_KEYS = ("merge_by_masks", "mask_merge_min_frames", "mask_merge_min_share")
 
+# the relabelling where the masks are silent (recon/postfit/mask_relabel.py), added later and on by default; with both
+# rules off its keys change nothing, so cells keep their identity
+RELABEL_SWITCHES = ("split_untokened", "fill_unmasked")
+RELABEL_KEYS = RELABEL_SWITCHES + ("relabel_depth_tol_m", "split_min_mask_share")
+
+# panoptic settings that only act through the panoptic head: with panoptic.head off they change nothing
+HEAD_ONLY_KEYS = ("keep_untokened_classes",)
+
 # the blind split rule (tokens/adjust.py), added later and off by default: while off (blind_max_overlap 0)
 # its keys change nothing, so cells keep their identity
 BLIND_KEYS = ("blind_max_overlap", "blind_min_events", "blind_min_distance_m")
@@ -52,8 +60,9 @@ def _strip_off_keys(cfg: dict) -> dict:
 def comparable_config(cfg: dict | None) -> dict | None:
     """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
     FRAGMENT_KEYS while panoptic.merge_fragments is off; the MASK_MERGE_KEYS while panoptic.merge_by_masks is off;
-    the BLIND_KEYS while the blind split is off; the OFF_KEYS at their off values): what
-    the cell hash and fit reuse compare."""
+    the RELABEL_KEYS while both relabelling rules are off; the HEAD_ONLY_KEYS without the panoptic head; the
+    BLIND_KEYS while the blind split is off; the OFF_KEYS at their off values): what the cell hash and fit reuse
+    compare."""
     if not isinstance(cfg, dict):
         return cfg
     out = _strip_off_keys(cfg)
@@ -63,7 +72,11 @@ def comparable_config(cfg: dict | None) -> dict | None:
     if isinstance(pan, dict) and not pan.get("merge_fragments", False):
         out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in FRAGMENT_KEYS}
     if isinstance(pan, dict) and not pan.get("merge_by_masks", False):
-        out["panoptic"] = {k: v for k, v in pan.items() if k not in MASK_MERGE_KEYS}
+        out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in MASK_MERGE_KEYS}
+    if isinstance(pan, dict) and not any(pan.get(k, False) for k in RELABEL_SWITCHES):
+        out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in RELABEL_KEYS}
+    if isinstance(pan, dict) and pan.get("head") is False:          # a rule of the head's labels: no head, no effect
+        out["panoptic"] = {k: v for k, v in pan.items() if k not in HEAD_ONLY_KEYS}
     tok = out.get("tokens")
     rules = tok.get("adjust_rules") if isinstance(tok, dict) else None
     if isinstance(rules, dict) and not rules.get("blind_max_overlap", 0.0):
@@ -76,14 +89,15 @@ CULL_KEY = "cull_front_margin_m"
 
 
 def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
-    """The post-processes ("cull", then "merge", then "maskmerge") that turn a finished fit with settings old_cfg into one with
-    new_cfg, [] if none is needed, or None if no post-process can (other settings differ, a looser cull, or
-    other fragment-merging settings on a run merged already): then the cell is refitted."""
+    """The post-processes ("cull", then "merge", then "maskmerge", then "relabel") that turn a finished fit with
+    settings old_cfg into one with new_cfg, [] if none is needed, or None if no post-process can (other settings
+    differ, a looser cull, other fragment-merging settings on a run merged already, or relabelling rules switched
+    off on a relabelled run): then the cell is refitted."""
     old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
 
     def without_post(c: dict) -> dict:
         return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items()
-                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS},
+                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS + RELABEL_KEYS},
                 "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
     if without_post(old_c) != without_post(new_c):
         return None
@@ -102,6 +116,12 @@ def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
             if not new_p.get(switch) or old_p.get(switch):
                 return None                         # merged ids cannot be split again
             steps.append(step)
+    old_p, new_p = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in RELABEL_KEYS} for c in (old_c, new_c))
+    if old_p != new_p:
+        if any(old_p.get(k, False) for k in RELABEL_SWITCHES):
+            return None                                 # relabelled vertices cannot be put back
+        if any(new_p.get(k, False) for k in RELABEL_SWITCHES):
+            steps.append("relabel")
     return steps
 
 

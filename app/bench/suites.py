@@ -58,12 +58,14 @@ SCHEDULE_KEYS = ("iters", "geometry_only_iters", "pan_start_iters", "dice_off_it
 # ours with the spatial prior, token adjustment and panoptic head off, and none of our post-processing (the bench's
 # "Panoptic Lifting formulation" before the real baseline existed)
 ABLATED_OVERRIDES = ("tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false",
-                     "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false")
+                     "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false",
+                     "panoptic.split_untokened=false", "panoptic.fill_unmasked=false")
 # Panoptic Lifting (Siddiqui et al., CVPR 2023) on our fields: a softmax over 25 slots per point, Hungarian on
 # -mean probability, cross-entropy, segment consistency (tokens/slots.py); none of our post-processing
 PL_OVERRIDES = ("tokens.formulation=slots", "tokens.n_slots=25", "tokens.segment_consistency=1.2",
                 "tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false",
-                "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false")
+                "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false", "panoptic.split_untokened=false",
+                "panoptic.fill_unmasked=false")
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,8 @@ class TokenSettings:
 class PanopticSettings:
     RANGES = {"min_instance_vertices": ">=0", "fragment_max_fraction": "[0, 1]",
               "fragment_min_shared_edges": ">=1", "mask_merge_min_frames": ">=1",
-              "mask_merge_min_share": "[0, 1]"}   # valid values, checked when the settings are loaded
+              "mask_merge_min_share": "[0, 1]", "relabel_depth_tol_m": ">0",
+              "split_min_mask_share": "[0, 1]"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     keep_untokened_classes: bool = True  # labels with the head: where the semantic field's most likely class is a
                                          # thing class that no token carries (a small object whose tokens were
@@ -207,6 +208,13 @@ class PanopticSettings:
                                          # masks show them as one object (recon/postfit/mask_merge.py; ours)
     mask_merge_min_frames: int = 3       # ... in at least this many frames where both are in view
     mask_merge_min_share: float = 0.7    # ... and in at least this share of those frames
+    split_untokened: bool = True         # post-process: a connected region of a thing class no instance carries, that
+                                         # the masks mostly call that class, gets an id of its own (bottles that
+                                         # carried their table's id; recon/postfit/mask_relabel.py; ours)
+    fill_unmasked: bool = True           # post-process: mesh vertices no training mask labels take the class and id
+                                         # of the nearest vertex one does (recon/postfit/mask_relabel.py; ours)
+    relabel_depth_tol_m: float = 0.03    # ... a vertex is seen in a frame within this of the observed depth
+    split_min_mask_share: float = 0.5    # ... share of the masks' votes on a split region that must be its class
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Rendered from the fields (recon/model/inference.py, the same label rule as the mesh) with each
 frame's own depth guiding the samples; instance ids go through the mesh's token -> id map
-(RUN/instances.json), so they match the mesh. uint16 PNG, 0 = unlabelled / no instance.
+(RUN/instances.json), so they match the mesh. Where the mesh's labels were changed after the fields
+(recon/postfit/mask_relabel.py, RUN/relabel.npz), pixels on those vertices take the mesh's labels.
+uint16 PNG, 0 = unlabelled / no instance.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from recon.data.run_files import write_label_images
 from recon.model.inference import frame_labels
 from recon.model.instance_branch import InstanceBranch
 from recon.postfit.labelled_mesh import apply_ids, read_token_ids
+from recon.postfit.mask_relabel import relabel_corrector
 
 
 def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, frames: list[int] | None = None,
@@ -27,10 +30,17 @@ def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, 
     token_ids = read_token_ids(run, branch.tokens.n) if branch is not None else np.zeros(0, np.int64)
     for sub in ("semantic", "instance"):
         (run / "labels" / sub).mkdir(parents=True, exist_ok=True)
+    corrector = relabel_corrector(run, s.panoptic.relabel_depth_tol_m)
+    n_fixed = 0
     model.eval()
     for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):
         sem, tok = frame_labels(model, branch, scene, s, i)
-        write_label_images(run, [scene.frame_ids[i]], [sem], [apply_ids(tok, token_ids)])
+        inst = apply_ids(tok, token_ids)
+        if corrector is not None:
+            sem, inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem, inst)
+            n_fixed += n
+        write_label_images(run, [scene.frame_ids[i]], [sem], [inst])
         fault_point("labels")
-    log(f"wrote label images of {len(idx)} frames to {run / 'labels'}")
+    log(f"wrote label images of {len(idx)} frames to {run / 'labels'}"
+        + (f" ({n_fixed} pixels on relabelled mesh vertices took the mesh's labels)" if corrector is not None else ""))
     return run / "labels"

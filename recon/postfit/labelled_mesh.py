@@ -25,6 +25,7 @@ from recon.model.inference import vertex_attributes
 from recon.model.sampling import FrameBank
 from recon.postfit.fragments import merge_fragment_ids
 from recon.postfit.mask_merge import merge_ids_by_masks
+from recon.postfit.mask_relabel import RELABEL_FILE, relabel_params, relabel_mesh, write_relabel
 from recon.postfit.mesh_colour import colour_vertices_from_images
 from recon.postfit.meshing import extract_mesh, observed_mask
 
@@ -171,9 +172,20 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
                 token_ids, inst = lut[token_ids], lut[inst]
     else:
         token_ids, inst = np.zeros(0, np.int64), np.zeros(len(verts), np.int64)
+    p = s.panoptic
+    if (p.split_untokened and branch is not None) or p.fill_unmasked:
+        sem, inst, changed = relabel_mesh(verts, faces, sem, inst, scene, list(bank.frame_index),
+                                          split=p.split_untokened and branch is not None, fill=p.fill_unmasked,
+                                          params=relabel_params(s), log=log.info, progress=progress)
+    else:
+        changed = None
+    if (run / RELABEL_FILE).is_file():
+        (run / RELABEL_FILE).unlink()                     # from an earlier fit into this folder
     path = run / "mesh.ply"
     pal = class_palette(scene.n_classes)
     write_label_meshes(run, verts, faces, rgb, sem, inst, pal)
+    if changed is not None:
+        write_relabel(run, changed)                      # after the mesh its indices refer to
     fault_point("meshing")
     legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
         {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]

@@ -1,4 +1,5 @@
-"""Post-processes of a finished run folder that need no model: mesh culling and fragment merging.
+"""Post-processes of a finished run folder that need no model: mesh culling, fragment merging, mask-evidence
+merging and the relabelling where the masks are silent.
 
 Both read the labelled mesh (mesh.ply, legend.json, instances.json), rewrite what changes atomically
 and record the setting they applied in config.yaml and log.txt, so the run says how it was made.
@@ -19,11 +20,13 @@ from recon.core.runfolder import writes_run
 from recon.core.settings import FitSettings
 from recon.data.palette import class_palette
 from recon.data.ply import read_ply
-from recon.data.run_files import png16_bytes
+from recon.data.run_files import png16_bytes, read_label_images, write_label_images
 from recon.data.scene import load_scene
 from recon.postfit.fragments import merge_fragment_ids
 from recon.postfit.labelled_mesh import write_instances, write_label_meshes
 from recon.postfit.mask_merge import merge_ids_by_masks
+from recon.postfit.mask_relabel import (RELABEL_FILE, read_relabel, relabel_corrector, relabel_mesh, relabel_params,
+                                        write_relabel)
 from recon.postfit.meshing import cull_faces, observed_mask
 from recon.train.runs import train_indices
 
@@ -99,7 +102,10 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
         lr["verts"], faces, lambda p: observed_mask(p, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front),
         return_used=True)
     removed = len(faces) - len(new_f)
+    relabelled = read_relabel(run, len(lr["verts"]))
     rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
+    if relabelled is not None:                        # its vertex indices follow the culled mesh
+        write_relabel(run, relabelled[used])
     s.mesh.cull_front_margin_m = front
     record_post_process(run, s, f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m "
                                 f"behind the training views' depth): removed {removed} of {len(faces)} faces", log)
@@ -188,3 +194,48 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
                                 f"{p.fragment_min_shared_edges}): {len(merges)} merge(s) "
                                 f"{dict(sorted(merges.items()))}", log)
     return merges
+
+
+@writes_run("relabel")
+def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress: bool = False) -> int:
+    """Apply the relabelling where the masks are silent (recon/postfit/mask_relabel.py: `split` untokened regions,
+    `fill` unmasked vertices) to a finished run folder, without its model. Rewrites mesh*.ply, instances/,
+    instances.json, RUN/relabel.npz and the label images that show changed vertices, each file atomically;
+    records panoptic.split_untokened / fill_unmasked in config.yaml and log.txt (a rule the run had on stays on).
+    Returns the number of vertices whose labels changed."""
+    run = Path(run)
+    lr = read_labelled_run(run, "relabelling")
+    s = lr["settings"]
+    p = s.panoptic
+    scene = run_scene(run)
+    if (run / RELABEL_FILE).is_file():
+        log(f"{run}: relabelled already ({RELABEL_FILE}); the rules apply to the fields' labels, not to their own "
+            f"output, so nothing changes")
+        return 0
+    if not scene.has_masks:
+        raise ValueError(f"{scene.root} has no masks: the relabelling needs the scene's 2D masks")
+    split = bool(split) and lr["token_ids"] is not None
+    sem, inst, changed = relabel_mesh(lr["verts"], lr["faces"], lr["semantic"], lr["instance"], scene,
+                                      train_indices(scene, s), split=split, fill=fill, params=relabel_params(s),
+                                      log=log, progress=progress)
+    lr["semantic"] = sem
+    rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
+    write_relabel(run, changed)
+    corrector = relabel_corrector(run, p.relabel_depth_tol_m)
+    n_px = 0
+    if corrector is not None and (run / "labels" / "semantic").is_dir():
+        for i, fid in enumerate(scene.frame_ids):
+            if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
+                continue
+            sem_img, inst_img = read_label_images(run, fid, (scene.width, scene.height))
+            new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
+            if n:
+                write_label_images(run, [fid], [new_sem], [new_inst])
+                n_px += n
+    p.split_untokened = p.split_untokened or split
+    p.fill_unmasked = p.fill_unmasked or bool(fill)
+    record_post_process(run, s, f"relabelling where the masks are silent (split {split}, fill {bool(fill)}, depth "
+                                f"tolerance {p.relabel_depth_tol_m} m): {int(changed.sum())} vertices and {n_px} "
+                                f"label-image pixels changed", log)
+    return int(changed.sum())
+

@@ -374,6 +374,30 @@ def test_post_steps_cull_and_merge():
     mm_on = new
     assert post_steps(before_mm, mm_on) == ["maskmerge"] and fit_reuse(mm_off, mm_on) == "postprocess"
     assert post_steps(mm_on, mm_off) is None and fit_reuse(mm_on, mm_off) == "refit"
+    # the relabelling where the masks are silent (added later, on by default): a cell from before it (no keys) has
+    # both rules off; switching them on is a post-process, off again a refit; with both off its keys are ignored
+    assert new["panoptic"]["split_untokened"] is True and new["panoptic"]["fill_unmasked"] is True
+    before_rl = json.loads(json.dumps(new))
+    for k in ("split_untokened", "fill_unmasked", "relabel_depth_tol_m", "split_min_mask_share"):
+        del before_rl["panoptic"][k]
+    assert post_steps(before_rl, new) == ["relabel"] and fit_reuse(before_rl, new) == "postprocess"
+    rl_off = json.loads(json.dumps(new))
+    rl_off["panoptic"]["split_untokened"] = rl_off["panoptic"]["fill_unmasked"] = False
+    rl_off["panoptic"]["relabel_depth_tol_m"] = 0.5
+    assert fit_reuse(before_rl, rl_off) == "evaluate"
+    assert post_steps(new, rl_off) is None and fit_reuse(new, rl_off) == "refit"
+    both = json.loads(json.dumps(before_mm))
+    for k in ("split_untokened", "fill_unmasked", "relabel_depth_tol_m", "split_min_mask_share"):
+        del both["panoptic"][k]
+    assert post_steps(both, new) == ["maskmerge", "relabel"]
+    # a setting of the panoptic head's labels does not make a cell without the head new
+    no_head = json.loads(json.dumps(new))
+    no_head["panoptic"]["head"] = False
+    before_keep = json.loads(json.dumps(no_head))
+    del before_keep["panoptic"]["keep_untokened_classes"]
+    assert fit_reuse(before_keep, no_head) == "evaluate"
+    del before_keep["panoptic"]["head"]
+    assert fit_reuse(before_keep, new) == "refit"
     # settings added later at their off values (the slot baseline, real-depth options) do not make a cell new
     older = json.loads(json.dumps(new))
     for sec, key in (("tokens", "formulation"), ("tokens", "n_slots"), ("tokens", "segment_consistency"),
@@ -400,3 +424,18 @@ def test_schema_problems_name_the_broken_field():
     problems = schema_problems(bad)
     assert any(p.startswith("$.cells[0]:") and "'status' is a required property" in p for p in problems), problems
     assert any(p.startswith("$.suite_spec.monitor_points:") for p in problems), problems
+
+
+def test_model_blocks_of_an_earlier_evaluation_are_found(tmp_path):
+    """A finished fit whose checkpoints were dropped keeps, through a post-process and a new evaluation, the
+    blocks only its model could compute (rendering, the fields' own 3D labels): _model_blocks reads them."""
+    from app.bench.cells import MODEL_BLOCKS, _model_blocks
+
+    assert _model_blocks(tmp_path) == {}                                  # no metrics.json
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert _model_blocks(tmp_path) == {}
+    doc = {"rendering": {"psnr": 25.0}, "semantic_3d_fields": {"miou": 70.0}, "instance_3d": {"mcov": 50.0},
+           "instance_3d_fields": None}
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    assert _model_blocks(tmp_path) == {"rendering": {"psnr": 25.0}, "semantic_3d_fields": {"miou": 70.0}}
+    assert "instance_3d" not in MODEL_BLOCKS                             # mesh labels are always re-evaluated

@@ -238,3 +238,45 @@ def test_mask_evidence_merge_keeps_the_boxes_apart_until_one_mask_covers_both(tw
     assert labels and set(np.unique(np.concatenate([x.ravel() for x in labels])).tolist()) <= {0, 1}
     assert "merge_by_masks: true" in (run2 / "config.yaml").read_text()
     assert "mask-evidence merging" in (run2 / "log.txt").read_text()
+
+
+def test_relabelling_fills_what_the_masks_leave_unlabelled_in_mesh_and_images_alike(two_box_run, tmp_path):
+    import shutil
+
+    from recon.postfit.mask_relabel import read_relabel
+    from recon.postfit.post_process import relabel_run
+
+    scene_dir, run = two_box_run
+    assert "unmasked fill:" in (run / "log.txt").read_text() and (run / "relabel.npz").is_file()
+    # the same scene with the second box's masks erased in every frame: no mask labels its vertices any more
+    scene2, run2 = tmp_path / "scene", tmp_path / "run"
+    shutil.copytree(scene_dir, scene2)
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (run2 / "scene.txt").write_text(str(scene2))
+    (run2 / "relabel.npz").unlink()                   # as a run fitted before the rules (they ran at fit time here)
+    sc = load_scene(scene2)
+    for i, fid in enumerate(sc.frame_ids):
+        m_inst, m_sem, _ = sc.load_masks(i)
+        _, g_inst = sc.load_gt(i)
+        erase = g_inst == 2
+        Image.fromarray(np.where(erase, 0, m_sem).astype(np.uint16)).save(scene2 / "masks" / "semantic" / f"{fid}.png")
+        Image.fromarray(np.where(erase, 0, m_inst).astype(np.uint16)).save(scene2 / "masks" / "instance" / f"{fid}.png")
+    v, _, _, before = read_ply(run2 / "mesh.ply")
+    box2 = (np.linalg.norm(v - BOX_CENTRES[1], axis=1) < 0.45) & (v[:, 2] > 0.05)      # its faces, not the floor
+    assert np.mean(before["semantic"][box2] == 2) > 0.8
+    n = relabel_run(run2, log=lambda *_: None)
+    assert n > 0
+    _, _, _, after = read_ply(run2 / "mesh.ply")
+    # the box's vertices took the labels of the nearest vertices the masks still label (the floor around it)
+    assert np.mean(after["semantic"][box2] == 2) < 0.2
+    changed = read_relabel(run2, len(v))
+    assert changed is not None and changed[box2].mean() > 0.5
+    # label images show what the mesh shows on the changed vertices
+    for i, fid in enumerate(sc.frame_ids):
+        sem_img = np.asarray(Image.open(run2 / "labels" / "semantic" / f"{fid}.png"))
+        _, g_inst = sc.load_gt(i)
+        assert np.mean(sem_img[g_inst == 2] == 2) < 0.3, f"frame {fid}: the label image still shows the box"
+    # applied twice, nothing more changes; the run records the rules
+    assert relabel_run(run2, log=lambda *_: None) == 0
+    cfg = (run2 / "config.yaml").read_text()
+    assert "fill_unmasked: true" in cfg and "relabelling where the masks are silent" in (run2 / "log.txt").read_text()
