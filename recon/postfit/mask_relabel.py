@@ -1,5 +1,5 @@
 """Labels where the masks are silent (ours, not in the paper; `panoptic.split_untokened`,
-`panoptic.fill_unmasked`, both on by default; docs/method.md 12.6).
+`panoptic.fill_unmasked`, both on by default; docs/method.md 12.5).
 
 The semantic and instance fields are trained only where a training frame's mask labels a pixel. Elsewhere
 (a chair leg or a lamp pole eroded out of every mask at 160x120, the underside of a table, the back of an
@@ -23,7 +23,7 @@ Only labels change, never the mesh. Label images come from the fields; `correct_
 changed vertices' labels into them (pixels whose back-projected depth lands on a changed vertex), so an id
 means the same object in the mesh and in every image. The changed vertices are stored in RUN/relabel.npz.
 
-Measured by relabelling finished fits (docs/method.md 12.6): walk realistic-video seeds 0 / 1 instance_3d
+Measured by relabelling finished fits (docs/method.md 12.5): walk realistic-video seeds 0 / 1 instance_3d
 54.9 -> 65.6 and 67.5 -> 72.0, semantic_3d 73.7 -> 76.5 and 81.7 -> 86.2; room, clutter and apartment
 semantic_3d +1.0 to +1.7, instance_3d within one point.
 """
