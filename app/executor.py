@@ -15,7 +15,9 @@ cluster has GPUs. A task function returns a record dict with "status" "done" or 
 never raises for a failure of the job itself; a failed record, or a task whose worker died, is
 retried once (`retries`), then reported, and the others go on. The sequential path does not retry
 (a deterministic failure would only fail twice). Progress: one line per finished task with the
-overall ETA (wall time so far / tasks finished x tasks left).
+overall ETA: sequentially, wall time so far / tasks finished x tasks left; on Ray, the tasks left
+scheduled onto the parallel slots (cluster CPUs / CPUs per task) at the mean duration of the finished
+ones, the running ones counted with the time they have run (`schedule_eta`).
 
 Ray is used, not written here: its scheduler, resource accounting and cluster client are what a
 batch of fits on many machines needs; this module only maps our jobs onto it.
@@ -67,6 +69,18 @@ def eta_seconds(elapsed_s: float, finished: int, total: int) -> float | None:
     return elapsed_s / finished * (total - finished)
 
 
+def schedule_eta(mean_s: float, running_elapsed_s: list[float], queued: int, slots: int) -> float:
+    """Time until the last task ends when every task takes mean_s: the running ones (each on its own slot,
+    running_elapsed_s [R] seconds in) end at max(mean_s - elapsed, 0); the `queued` ones then take the slot
+    that frees first, one after another, on `slots` slots (>= R)."""
+    assert slots >= 1 and len(running_elapsed_s) <= slots, (slots, running_elapsed_s)
+    free = sorted([max(mean_s - e, 0.0) for e in running_elapsed_s] + [0.0] * (slots - len(running_elapsed_s)))
+    for _ in range(queued):
+        free[0] += mean_s
+        free.sort()
+    return max(free) if (queued or running_elapsed_s) else 0.0
+
+
 def default_describe(task: Task, rec: dict) -> str:
     took = rec.get("wall_seconds")
     what = "done" if rec.get("status") == "done" else "FAILED"
@@ -74,9 +88,10 @@ def default_describe(task: Task, rec: dict) -> str:
         f": {rec.get('error')}" if what == "FAILED" else "")
 
 
-def progress_line(k: int, n: int, task: Task, text: str, elapsed_s: float) -> str:
-    """'[2/5] room__ours: done in 40 s (elapsed 1 min 20 s; about 2 min 00 s left)'."""
-    eta = eta_seconds(elapsed_s, k, n)
+def progress_line(k: int, n: int, task: Task, text: str, elapsed_s: float, eta_s: float | None = None) -> str:
+    """'[2/5] room__ours: done in 40 s (elapsed 1 min 20 s; about 2 min 00 s left)'. eta_s: the time left
+    (default: eta_seconds, the sequential rate)."""
+    eta = eta_seconds(elapsed_s, k, n) if eta_s is None else eta_s
     tail = "" if k == n or eta is None else f"; about {format_eta(eta)} left"
     return f"[{k}/{n}] {task.key}: {text} (elapsed {format_eta(elapsed_s)}{tail})"
 
@@ -128,11 +143,22 @@ def _run_ray(tasks, address, retries, local_cpus, log, describe, t0):
     remote = ray.remote(_call)
     tries: dict[str, int] = {}
     pending: dict = {}
+    # for the ETA: tasks start in submission order as slots free up (Ray's queue for equal resources)
+    slots = max(1, int(cpus // max(max(t.cpus for t in tasks), 1e-9)))
+    queue: list[str] = []
+    started: dict[str, float] = {}
+    durations: list[float] = []
 
     def submit(t: Task) -> None:
         tries[t.key] = tries.get(t.key, 0) + 1
         ref = remote.options(num_cpus=t.cpus, num_gpus=t.gpus, max_retries=0).remote(t.fn, *t.args)
         pending[ref] = t
+        queue.append(t.key)
+        start_queued(time.perf_counter())
+
+    def start_queued(now: float) -> None:
+        while queue and len(started) < slots:
+            started[queue.pop(0)] = now
 
     try:
         for t in tasks:
@@ -142,6 +168,9 @@ def _run_ray(tasks, address, retries, local_cpus, log, describe, t0):
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
             t = pending.pop(ref)
+            now = time.perf_counter()
+            took = now - started.pop(t.key, now)
+            start_queued(now)
             try:
                 rec = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - a worker that died (killed, out of memory)
@@ -151,7 +180,9 @@ def _run_ray(tasks, address, retries, local_cpus, log, describe, t0):
                 submit(t)
                 continue
             finished += 1
-            log(progress_line(finished, len(tasks), t, describe(t, rec), time.perf_counter() - t0))
+            durations.append(took)
+            eta = schedule_eta(sum(durations) / len(durations), [now - s for s in started.values()], len(queue), slots)
+            log(progress_line(finished, len(tasks), t, describe(t, rec), now - t0, eta))
             yield t, rec
     finally:
         for ref in pending:

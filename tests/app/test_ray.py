@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.executor import Task, eta_seconds, format_eta, progress_line, run_tasks
+from app.executor import Task, eta_seconds, format_eta, progress_line, run_tasks, schedule_eta
 
 ray = pytest.importorskip("ray", reason="ray is not installed: bash scripts/setup.sh installs it")
 
@@ -24,6 +24,16 @@ TIMING_KEYS = {"fit_seconds", "eval_seconds", "render_fps", "peak_rss_mb", "wall
 # ------------------------------------------------------------------------------------------------
 # by hand
 # ------------------------------------------------------------------------------------------------
+def test_schedule_eta_of_parallel_tasks_by_hand():
+    # 4 tasks of 10 min on 2 slots, the first just done and the second 9.5 min in: the second ends in 0.5 min;
+    # a queued one starts on the free slot now and ends in 10, the last starts at 0.5 and ends in 10.5
+    assert schedule_eta(10.0, [9.5], queued=2, slots=2) == 10.5
+    assert schedule_eta(10.0, [], queued=3, slots=1) == 30.0          # sequential: tasks left x mean
+    assert schedule_eta(10.0, [12.0, 3.0], queued=0, slots=2) == 7.0  # one already over the mean counts 0
+    assert schedule_eta(10.0, [], queued=0, slots=4) == 0.0
+    assert schedule_eta(10.0, [], queued=5, slots=2) == 30.0          # 3 rounds on 2 slots
+
+
 def test_eta_and_progress_line_by_hand():
     assert eta_seconds(30.0, 0, 4) is None
     assert eta_seconds(30.0, 1, 4) == 90.0          # 30 s per task so far, 3 left
@@ -32,6 +42,7 @@ def test_eta_and_progress_line_by_hand():
     t = Task("room", print)
     assert progress_line(1, 4, t, "done", 30.0) == "[1/4] room: done (elapsed 30 s; about 1 min 30 s left)"
     assert progress_line(4, 4, t, "done", 30.0) == "[4/4] room: done (elapsed 30 s)"
+    assert progress_line(1, 4, t, "done", 30.0, eta_s=45.0) == "[1/4] room: done (elapsed 30 s; about 45 s left)"
 
 
 # module-level task functions (Ray pickles this module by value: its workers cannot import tests/)
