@@ -57,13 +57,14 @@ def relabel_params(s) -> RelabelParams:
 
 def mask_class_votes(verts: np.ndarray, scene, frame_index: list[int], depth_tol_m: float,
                      progress: bool = False) -> np.ndarray:
-    """votes [V, C] int32: in how many of the frames `frame_index` the mask labels vertex v (world m, verts
+    """votes [V, C] (uint16; int32 past 65,534 frames): in how many of the frames `frame_index` the mask labels vertex v (world m, verts
     [V, 3]) with class c > 0, where the frame sees it (mask_merge.seen_pixels). Column 0 stays 0."""
     from tqdm import tqdm
 
     assert verts.ndim == 2 and verts.shape[1] == 3, f"verts must be [V, 3], got {verts.shape}"
     n_cls = max([c.id for c in scene.classes], default=0) + 1
-    votes = np.zeros((len(verts), n_cls), np.int32)
+    dtype = np.uint16 if len(frame_index) < np.iinfo(np.uint16).max else np.int32      # a vertex votes once a frame
+    votes = np.zeros((len(verts), n_cls), dtype)
     for i in tqdm(frame_index, desc="mask support", disable=not progress, leave=False):
         idx, v, u = seen_pixels(verts, scene.K, scene.c2w[i], scene.load_depth_m(i), depth_tol_m)
         _, m_sem, _ = scene.load_masks(i)
