@@ -174,6 +174,7 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
         token_ids, inst = np.zeros(0, np.int64), np.zeros(len(verts), np.int64)
     p = s.panoptic
     if (p.split_untokened and branch is not None) or p.fill_unmasked:
+        sem_before, inst_before = sem, inst
         sem, inst, changed = relabel_mesh(verts, faces, sem, inst, scene, list(bank.frame_index),
                                           split=p.split_untokened and branch is not None, fill=p.fill_unmasked,
                                           params=relabel_params(s), log=log.info, progress=progress)
@@ -185,7 +186,7 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
     pal = class_palette(scene.n_classes)
     write_label_meshes(run, verts, faces, rgb, sem, inst, pal)
     if changed is not None:
-        write_relabel(run, changed)                      # after the mesh its indices refer to
+        write_relabel(run, changed, sem_before, inst_before)     # after the mesh its indices refer to
     fault_point("meshing")
     legend = [{"id": 0, "name": "unlabelled", "thing": False, "color": pal[0].tolist()}] + [
         {"id": c.id, "name": c.name, "thing": c.thing, "color": pal[c.id].tolist()} for c in scene.classes]

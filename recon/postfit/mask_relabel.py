@@ -57,8 +57,9 @@ def relabel_params(s) -> RelabelParams:
 
 def mask_class_votes(verts: np.ndarray, scene, frame_index: list[int], depth_tol_m: float,
                      progress: bool = False) -> np.ndarray:
-    """votes [V, C] (uint16; int32 past 65,534 frames): in how many of the frames `frame_index` the mask labels vertex v (world m, verts
-    [V, 3]) with class c > 0, where the frame sees it (mask_merge.seen_pixels). Column 0 stays 0."""
+    """votes [V, C] (uint16; int32 past 65,534 frames): in how many of the frames `frame_index` the mask labels
+    vertex v (world m, verts [V, 3]) with class c > 0, where the frame sees it (mask_merge.seen_pixels). Column 0
+    stays 0."""
     from tqdm import tqdm
 
     assert verts.ndim == 2 and verts.shape[1] == 3, f"verts must be [V, 3], got {verts.shape}"
@@ -175,29 +176,77 @@ def relabel_mesh(verts: np.ndarray, faces: np.ndarray, sem: np.ndarray, inst: np
     return sem, inst, changed
 
 
-def write_relabel(run: Path, changed: np.ndarray) -> None:
-    """RUN/relabel.npz: the indices of the mesh vertices the rules changed (read by the label-image step)."""
+def write_relabel(run: Path, changed: np.ndarray, sem_before: np.ndarray | None = None,
+                  inst_before: np.ndarray | None = None) -> None:
+    """RUN/relabel.npz: the indices of the mesh vertices the rules changed (read by the label-image step) and,
+    given the labels before the rules (sem_before, inst_before [V]), those vertices' earlier labels
+    (`labels_before_relabel` puts them back, to see what the rules did)."""
     import io
 
+    idx = np.flatnonzero(changed).astype(np.int64)
+    arrays = {"changed": idx}
+    if sem_before is not None and inst_before is not None:
+        assert len(sem_before) == len(inst_before) == len(changed)
+        arrays.update(semantic_before=np.asarray(sem_before, np.int64)[idx],
+                      instance_before=np.asarray(inst_before, np.int64)[idx])
     buf = io.BytesIO()
-    np.savez_compressed(buf, changed=np.flatnonzero(changed).astype(np.int64))
+    np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(run) / RELABEL_FILE, buf.getvalue())
+
+
+def _read_relabel_arrays(run: Path, n_vertices: int) -> dict | None:
+    path = Path(run) / RELABEL_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        out = {k: z[k].astype(np.int64) for k in z.files}
+    idx = out["changed"]
+    if idx.size and (idx.min() < 0 or idx.max() >= n_vertices):
+        raise ValueError(f"{path}: vertex indices outside the mesh's {n_vertices} vertices (the mesh was rewritten "
+                         f"after it; rerun the relabelling)")
+    return out
 
 
 def read_relabel(run: Path, n_vertices: int) -> np.ndarray | None:
     """changed [V] bool from RUN/relabel.npz, or None without the file (a run fitted before the rules, or with
     them off). ValueError naming the file when its indices do not fit the mesh."""
-    path = Path(run) / RELABEL_FILE
-    if not path.is_file():
+    arrays = _read_relabel_arrays(run, n_vertices)
+    if arrays is None:
         return None
-    with np.load(path) as z:
-        idx = z["changed"].astype(np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= n_vertices):
-        raise ValueError(f"{path}: vertex indices outside the mesh's {n_vertices} vertices (the mesh was rewritten "
-                         f"after it; rerun the relabelling)")
     out = np.zeros(n_vertices, bool)
-    out[idx] = True
+    out[arrays["changed"]] = True
     return out
+
+
+def labels_before_relabel(run: Path, sem: np.ndarray, inst: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mesh's labels before the rules (sem, inst [V]: RUN/mesh.ply's, with the changed vertices' earlier
+    labels from RUN/relabel.npz put back), or None where the file is missing or holds no earlier labels."""
+    arrays = _read_relabel_arrays(run, len(sem))
+    if arrays is None or "semantic_before" not in arrays:
+        return None
+    sem, inst = np.array(sem, np.int64), np.array(inst, np.int64)
+    sem[arrays["changed"]], inst[arrays["changed"]] = arrays["semantic_before"], arrays["instance_before"]
+    return sem, inst
+
+
+def cull_relabel(run: Path, keep_vertices: np.ndarray) -> None:
+    """Carry RUN/relabel.npz over to a mesh culled to the vertices keep_vertices [V_old] bool selects (their order
+    kept); nothing without the file."""
+    arrays = _read_relabel_arrays(run, len(keep_vertices))
+    if arrays is None:
+        return
+    new_index = np.cumsum(keep_vertices) - 1                                      # [V_old] old -> new index
+    keep = keep_vertices[arrays["changed"]]
+    changed = np.zeros(int(keep_vertices.sum()), bool)
+    changed[new_index[arrays["changed"][keep]]] = True
+    if "semantic_before" in arrays:
+        sem_b = np.zeros(len(changed), np.int64)
+        inst_b = np.zeros(len(changed), np.int64)
+        sem_b[new_index[arrays["changed"][keep]]] = arrays["semantic_before"][keep]
+        inst_b[new_index[arrays["changed"][keep]]] = arrays["instance_before"][keep]
+        write_relabel(run, changed, sem_b, inst_b)
+    else:
+        write_relabel(run, changed)
 
 
 class LabelImageCorrector:

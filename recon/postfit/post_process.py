@@ -25,7 +25,7 @@ from recon.data.scene import load_scene
 from recon.postfit.fragments import merge_fragment_ids
 from recon.postfit.labelled_mesh import write_instances, write_label_meshes
 from recon.postfit.mask_merge import merge_ids_by_masks
-from recon.postfit.mask_relabel import (RELABEL_FILE, read_relabel, relabel_corrector, relabel_mesh, relabel_params,
+from recon.postfit.mask_relabel import (RELABEL_FILE, cull_relabel, relabel_corrector, relabel_mesh, relabel_params,
                                         write_relabel)
 from recon.postfit.meshing import cull_faces, observed_mask
 from recon.train.runs import train_indices
@@ -102,10 +102,8 @@ def cull_run_mesh(run, front_margin_m: float | None = None, log=print) -> int:
         lr["verts"], faces, lambda p: observed_mask(p, scene.K, scene.c2w[idx], depth_z, s.mesh.cull_margin_m, front),
         return_used=True)
     removed = len(faces) - len(new_f)
-    relabelled = read_relabel(run, len(lr["verts"]))
     rewrite_labelled_run(run, lr, new_v, new_f, used, lr["instance"][used], lr["token_ids"])
-    if relabelled is not None:                        # its vertex indices follow the culled mesh
-        write_relabel(run, relabelled[used])
+    cull_relabel(run, used)                           # its vertex indices follow the culled mesh
     s.mesh.cull_front_margin_m = front
     record_post_process(run, s, f"mesh culling (near-surface, {front} m in front / {s.mesh.cull_margin_m} m "
                                 f"behind the training views' depth): removed {removed} of {len(faces)} faces", log)
@@ -218,9 +216,10 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
     sem, inst, changed = relabel_mesh(lr["verts"], lr["faces"], lr["semantic"], lr["instance"], scene,
                                       train_indices(scene, s), split=split, fill=fill, params=relabel_params(s),
                                       log=log, progress=progress)
+    sem_before, inst_before = lr["semantic"], lr["instance"]
     lr["semantic"] = sem
     rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
-    write_relabel(run, changed)
+    write_relabel(run, changed, sem_before, inst_before)
     corrector = relabel_corrector(run, p.relabel_depth_tol_m)
     n_px = 0
     if corrector is not None and (run / "labels" / "semantic").is_dir():

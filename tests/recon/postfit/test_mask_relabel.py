@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from recon.postfit.mask_relabel import (LabelImageCorrector, RelabelParams, fill_unmasked, instance_classes,
-                                        mask_class_votes, read_relabel, relabel_mesh, untokened_regions,
-                                        write_relabel)
+from recon.postfit.mask_relabel import (LabelImageCorrector, RelabelParams, cull_relabel, fill_unmasked,
+                                        instance_classes, labels_before_relabel, mask_class_votes, read_relabel,
+                                        relabel_mesh, untokened_regions, write_relabel)
 
 WALL, TABLE, BOTTLE = 1, 2, 3           # class ids: 1 stuff, 2 and 3 things
 
@@ -139,6 +139,20 @@ def test_relabel_file_round_trip_and_a_stale_file(tmp_path):
     with pytest.raises(ValueError, match="relabel.npz"):
         read_relabel(tmp_path, 3)                             # index 3 does not fit a 3-vertex mesh
     assert read_relabel(tmp_path / "nowhere", 4) is None
+    assert labels_before_relabel(tmp_path, np.zeros(4), np.zeros(4)) is None      # no earlier labels stored
+
+
+def test_earlier_labels_come_back_and_follow_a_cull(tmp_path):
+    sem_before, inst_before = np.array([1, 2, 2, 3, 1]), np.array([0, 5, 5, 6, 0])
+    sem_after, inst_after = np.array([1, 1, 2, 2, 1]), np.array([0, 0, 5, 5, 0])
+    write_relabel(tmp_path, np.array([False, True, False, True, False]), sem_before, inst_before)
+    s, i = labels_before_relabel(tmp_path, sem_after, inst_after)
+    assert s.tolist() == sem_before.tolist() and i.tolist() == inst_before.tolist()
+    # the cull keeps vertices 0, 3, 4 (new indices 0, 1, 2): changed vertex 3 becomes 1, vertex 1 is gone
+    cull_relabel(tmp_path, np.array([True, False, False, True, True]))
+    assert read_relabel(tmp_path, 3).tolist() == [False, True, False]
+    s, i = labels_before_relabel(tmp_path, np.array([1, 2, 1]), np.array([0, 5, 0]))
+    assert s.tolist() == [1, 3, 1] and i.tolist() == [0, 6, 0]
 
 
 def test_label_image_correction_by_hand():
