@@ -206,14 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     rl = sub.add_parser("relabel", help="labels where the masks are silent, from the masks' neighbours (finished run)",
                         description="Post-process a finished run (no model needed; recon/postfit/mask_relabel.py): a "
                                     "connected region of a thing class no instance carries gets an id of its own (a "
-                                    "bottle that carried its table's id), and mesh vertices no training mask labels "
-                                    "take the labels of the nearest vertex one does. Rewrites mesh.ply, instances/, "
-                                    "instances.json, relabel.npz and the label images that show changed vertices. "
+                                    "bottle that carried its table's id), and a mesh vertex whose class no training "
+                                    "mask confirms takes the labels of the nearest vertex whose class one does. "
+                                    "Rewrites mesh.ply, instances/, instances.json, relabel.npz and the label images "
+                                    "that show changed vertices. "
                                     "Runs fitted with panoptic.split_untokened / fill_unmasked (the defaults) have it "
                                     "applied already.")
     rl.add_argument("--run", type=Path, required=True)
     rl.add_argument("--no-split", action="store_true", help="leave untokened regions with the id they have")
-    rl.add_argument("--no-fill", action="store_true", help="leave the vertices no mask labels as the fields label them")
+    rl.add_argument("--no-fill", action="store_true",
+                    help="leave the vertices no mask confirms as the fields label them")
 
     c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
                        description="Post-process a finished run: keep only mesh faces that some training view "

@@ -169,7 +169,9 @@ def _run_ray(tasks, address, retries, local_cpus, log, describe, t0):
             ref = done[0]
             t = pending.pop(ref)
             now = time.perf_counter()
-            took = now - started.pop(t.key, now)
+            began = started.pop(t.key, None)
+            if began is None and t.key in queue:     # Ray ran it before our model of its queue did
+                queue.remove(t.key)
             start_queued(now)
             try:
                 rec = ray.get(ref)
@@ -180,8 +182,10 @@ def _run_ray(tasks, address, retries, local_cpus, log, describe, t0):
                 submit(t)
                 continue
             finished += 1
-            durations.append(took)
-            eta = schedule_eta(sum(durations) / len(durations), [now - s for s in started.values()], len(queue), slots)
+            if began is not None:
+                durations.append(now - began)
+            eta = (schedule_eta(sum(durations) / len(durations), [now - s for s in started.values()], len(queue), slots)
+                   if durations else None)
             log(progress_line(finished, len(tasks), t, describe(t, rec), now - t0, eta))
             yield t, rec
     finally:

@@ -211,8 +211,9 @@ class PanopticSettings:
     split_untokened: bool = True         # post-process: a connected region of a thing class no instance carries, that
                                          # the masks mostly call that class, gets an id of its own (bottles that
                                          # carried their table's id; recon/postfit/mask_relabel.py; ours)
-    fill_unmasked: bool = True           # post-process: mesh vertices no training mask labels take the class and id
-                                         # of the nearest vertex one does (recon/postfit/mask_relabel.py; ours)
+    fill_unmasked: bool = True           # post-process: a mesh vertex whose class no training mask confirms takes
+                                         # the class and id of the nearest vertex whose class one does
+                                         # (recon/postfit/mask_relabel.py; ours)
     relabel_depth_tol_m: float = 0.03    # ... a vertex is seen in a frame within this of the observed depth
     split_min_mask_share: float = 0.5    # ... share of the masks' votes on a split region that must be its class
 

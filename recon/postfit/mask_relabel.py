@@ -235,18 +235,16 @@ def cull_relabel(run: Path, keep_vertices: np.ndarray) -> None:
     arrays = _read_relabel_arrays(run, len(keep_vertices))
     if arrays is None:
         return
-    new_index = np.cumsum(keep_vertices) - 1                                      # [V_old] old -> new index
-    keep = keep_vertices[arrays["changed"]]
+    keep = keep_vertices[arrays["changed"]]                                       # [M] changed vertices kept
+    moved = (np.cumsum(keep_vertices) - 1)[arrays["changed"][keep]]               # [M'] their new indices
     changed = np.zeros(int(keep_vertices.sum()), bool)
-    changed[new_index[arrays["changed"][keep]]] = True
-    if "semantic_before" in arrays:
-        sem_b = np.zeros(len(changed), np.int64)
-        inst_b = np.zeros(len(changed), np.int64)
-        sem_b[new_index[arrays["changed"][keep]]] = arrays["semantic_before"][keep]
-        inst_b[new_index[arrays["changed"][keep]]] = arrays["instance_before"][keep]
-        write_relabel(run, changed, sem_b, inst_b)
-    else:
+    changed[moved] = True
+    if "semantic_before" not in arrays:
         write_relabel(run, changed)
+        return
+    sem_b, inst_b = np.zeros(len(changed), np.int64), np.zeros(len(changed), np.int64)
+    sem_b[moved], inst_b[moved] = arrays["semantic_before"][keep], arrays["instance_before"][keep]
+    write_relabel(run, changed, sem_b, inst_b)
 
 
 class LabelImageCorrector:

@@ -25,8 +25,8 @@ from recon.data.scene import load_scene
 from recon.postfit.fragments import merge_fragment_ids
 from recon.postfit.labelled_mesh import write_instances, write_label_meshes
 from recon.postfit.mask_merge import merge_ids_by_masks
-from recon.postfit.mask_relabel import (RELABEL_FILE, cull_relabel, relabel_corrector, relabel_mesh, relabel_params,
-                                        write_relabel)
+from recon.postfit.mask_relabel import (RELABEL_FILE, LabelImageCorrector, cull_relabel, relabel_mesh,
+                                        relabel_params, write_relabel)
 from recon.postfit.meshing import cull_faces, observed_mask
 from recon.train.runs import train_indices
 
@@ -220,9 +220,9 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
     lr["semantic"] = sem
     rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
     write_relabel(run, changed, sem_before, inst_before)
-    corrector = relabel_corrector(run, p.relabel_depth_tol_m)
     n_px = 0
-    if corrector is not None and (run / "labels" / "semantic").is_dir():
+    if changed.any() and (run / "labels" / "semantic").is_dir():
+        corrector = LabelImageCorrector(lr["verts"], sem, inst, changed, p.relabel_depth_tol_m)
         for i, fid in enumerate(scene.frame_ids):
             if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
                 continue
@@ -237,4 +237,3 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
                                 f"tolerance {p.relabel_depth_tol_m} m): {int(changed.sum())} vertices and {n_px} "
                                 f"label-image pixels changed", log)
     return int(changed.sum())
-
