@@ -48,7 +48,8 @@ from recon.core.faults import fault_point
 from recon.core.io import atomic_write_text
 from recon.core.runfolder import writes_run
 from recon.data.ply import read_ply
-from recon.data.run_files import depth_pixel_grid, has_label_images, missing_label_frames, read_label_images
+from recon.data.run_files import (depth_pixel_grid, has_label_images, missing_label_frames, read_depth_npz,
+                                   read_label_images)
 from recon.data.scene import Scene, load_scene
 
 # (run folder, world points [N, 3]) -> (class id [N], instance id [N]), or None when the run cannot be queried
@@ -206,7 +207,8 @@ def depth_errors(pred_m: np.ndarray, gt_m: np.ndarray, mask: np.ndarray, within_
 def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | None = None) -> dict:
     """Novel-view depth on the held-out frames against the sensor depth, on the pixel grid the run
     rendered (every `stride`th pixel): the run's RUN/depth_heldout/<frame>.png, or, with `mesh`
-    (vertices, faces), that mesh ray cast from the same poses (the TSDF baseline)."""
+    (vertices, faces), that mesh ray cast from the same poses (the TSDF baseline). The run's depth is
+    read from <frame>.npz (float metres) where it exists, else from the PNG (1 mm steps)."""
     from PIL import Image
     H, W = scene.height, scene.width
     grid = depth_pixel_grid(H, W, stride)
@@ -215,14 +217,16 @@ def heldout_depth_metrics(run: Path, scene: Scene, stride: int, mesh: tuple | No
     for fid in frames:
         i = scene.index(fid)
         if mesh is None:
-            pred = np.asarray(Image.open(run / "depth_heldout" / f"{fid}.png")).astype(np.float64) / 1000.0
+            exact = run / "depth_heldout" / f"{fid}.npz"     # float metres; runs before 2026-12-06 have the mm PNG only
+            pred = (read_depth_npz(exact) if exact.is_file()
+                    else np.asarray(Image.open(run / "depth_heldout" / f"{fid}.png")).astype(np.float64) / 1000.0)
         else:
             pred = raycast_depth(mesh[0], mesh[1], scene.K, scene.c2w[i], W, H).astype(np.float64)
         preds.append(pred)
         gts.append(scene.load_depth_m(i).astype(np.float64))
         masks.append(grid)
     m = depth_errors(np.stack(preds), np.stack(gts), np.stack(masks))
-    return {"absrel": round(m["absrel"], 4), "within_5cm": round(100 * m["within_5cm"], 2),
+    return {"absrel": round(m["absrel"], 5), "within_5cm": round(100 * m["within_5cm"], 2),
             "coverage": round(100 * m["coverage"], 2), "n_frames": len(frames), "pixel_stride": stride}
 
 

@@ -26,6 +26,23 @@ def label_path(run: Path, kind: str, frame_id: str) -> Path:
     return Path(run) / "labels" / kind / f"{frame_id}.png"
 
 
+def depth_npz_bytes(depth_m: np.ndarray) -> bytes:
+    """[H, W] z-depth in metres (0 = none) -> the bytes of a compressed .npz with one float32 array
+    "depth_m" (read back with read_depth_npz)."""
+    assert depth_m.ndim == 2
+    buf = io.BytesIO()
+    np.savez_compressed(buf, depth_m=depth_m.astype(np.float32))
+    return buf.getvalue()
+
+
+def read_depth_npz(path: Path) -> np.ndarray:
+    """RUN/depth_heldout/<frame>.npz -> [H, W] float64 z-depth in metres (0 = none)."""
+    with np.load(path) as z:
+        if "depth_m" not in z:
+            raise ValueError(f"{path}: no 'depth_m' array in it (keys {sorted(z.keys())})")
+        return z["depth_m"].astype(np.float64)
+
+
 def png16_bytes(arr: np.ndarray, path: Path | str = "label image") -> bytes:
     """Lossless 16-bit PNG of an integer image [H, W] (values 0..65535); `path` names it in errors."""
     arr = np.asarray(arr)
