@@ -30,7 +30,7 @@ def write_run_labels(run: Path, model, branch: InstanceBranch | None, scene, s, 
     token_ids = read_token_ids(run, branch.tokens.n) if branch is not None else np.zeros(0, np.int64)
     for sub in ("semantic", "instance"):
         (run / "labels" / sub).mkdir(parents=True, exist_ok=True)
-    corrector = relabel_corrector(run, s.panoptic.relabel_depth_tol_m)
+    corrector = relabel_corrector(run, s.panoptic.relabel_depth_tol_m, s.mesh.voxel_size_m)
     n_fixed = 0
     model.eval()
     for i in tqdm(idx, desc="labels", dynamic_ncols=True, disable=not progress, mininterval=1.0):

@@ -249,14 +249,19 @@ def cull_relabel(run: Path, keep_vertices: np.ndarray) -> None:
 
 class LabelImageCorrector:
     """Puts the relabelled mesh vertices' labels into label images rendered from the fields: a pixel whose
-    back-projected depth (the frame's own, z in metres) lies within `tol_m` of a changed vertex (the nearest
-    mesh vertex) takes that vertex's class and id. verts [V, 3]; sem, inst [V]; changed [V] bool."""
+    back-projected depth (the frame's own, z in metres) lands on the changed part of the mesh takes the class
+    and id of its nearest mesh vertex, when that vertex is a changed one. "Lands on" = within tol_m (depth
+    tolerance) + the farthest a surface point can be from its nearest vertex, about half a voxel diagonal
+    (sqrt(3)/2 x voxel_m, the meshing voxel). verts [V, 3]; sem, inst [V]; changed [V] bool."""
 
-    def __init__(self, verts: np.ndarray, sem: np.ndarray, inst: np.ndarray, changed: np.ndarray, tol_m: float):
+    def __init__(self, verts: np.ndarray, sem: np.ndarray, inst: np.ndarray, changed: np.ndarray, tol_m: float,
+                 voxel_m: float = 0.0):
         from scipy.spatial import cKDTree
 
         assert verts.shape == (len(sem), 3) and sem.shape == inst.shape == changed.shape
-        self.sem, self.inst, self.changed, self.tol_m = np.asarray(sem), np.asarray(inst), changed, tol_m
+        assert tol_m >= 0 and voxel_m >= 0
+        self.sem, self.inst, self.changed = np.asarray(sem), np.asarray(inst), changed
+        self.tol_m = tol_m + 0.5 * np.sqrt(3.0) * voxel_m        # bound on the nearest-vertex distance, metres
         self.tree = cKDTree(verts) if changed.any() else None
 
     def correct(self, K: np.ndarray, c2w: np.ndarray, depth_z_m: np.ndarray, sem_img: np.ndarray,
@@ -280,9 +285,9 @@ class LabelImageCorrector:
         return sem_img, inst_img, int(hit.sum())
 
 
-def relabel_corrector(run: Path, tol_m: float) -> LabelImageCorrector | None:
-    """The corrector of RUN's label images from RUN/mesh.ply and RUN/relabel.npz; None without relabel.npz or
-    when it changed no vertex."""
+def relabel_corrector(run: Path, tol_m: float, voxel_m: float = 0.0) -> LabelImageCorrector | None:
+    """The corrector of RUN's label images from RUN/mesh.ply and RUN/relabel.npz (tol_m, voxel_m as
+    LabelImageCorrector); None without relabel.npz or when it changed no vertex."""
     from recon.data.ply import read_ply
 
     run = Path(run)
@@ -295,4 +300,4 @@ def relabel_corrector(run: Path, tol_m: float) -> LabelImageCorrector | None:
     if "semantic" not in props or "instance" not in props:
         raise ValueError(f"{run / 'mesh.ply'} has no 'semantic' / 'instance' vertex properties")
     return LabelImageCorrector(verts, props["semantic"].astype(np.int64), props["instance"].astype(np.int64),
-                               changed, tol_m)
+                               changed, tol_m, voxel_m)

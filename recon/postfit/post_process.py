@@ -222,7 +222,8 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
     write_relabel(run, changed, sem_before, inst_before)
     n_px = 0
     if changed.any() and (run / "labels" / "semantic").is_dir():
-        corrector = LabelImageCorrector(lr["verts"], sem, inst, changed, p.relabel_depth_tol_m)
+        corrector = LabelImageCorrector(lr["verts"], sem, inst, changed, p.relabel_depth_tol_m,
+                                         s.mesh.voxel_size_m)
         for i, fid in enumerate(scene.frame_ids):
             if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
                 continue

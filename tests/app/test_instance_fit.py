@@ -275,7 +275,7 @@ def test_relabelling_fills_what_the_masks_leave_unlabelled_in_mesh_and_images_al
     for i, fid in enumerate(sc.frame_ids):
         sem_img = np.asarray(Image.open(run2 / "labels" / "semantic" / f"{fid}.png"))
         _, g_inst = sc.load_gt(i)
-        assert np.mean(sem_img[g_inst == 2] == 2) < 0.3, f"frame {fid}: the label image still shows the box"
+        assert np.mean(sem_img[g_inst == 2] == 2) < 0.1, f"frame {fid}: the label image still shows the box"
     # applied twice, nothing more changes; the run records the rules
     assert relabel_run(run2, log=lambda *_: None) == 0
     cfg = (run2 / "config.yaml").read_text()

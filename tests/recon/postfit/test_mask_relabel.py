@@ -172,3 +172,13 @@ def test_label_image_correction_by_hand():
     # the same pixel seen 5 cm further away is not on the vertex (tolerance 2 cm)
     _, _, n = corr.correct(K, np.eye(4), depth + 0.05, sem_img, inst_img)
     assert n == 0
+    # with a 6 cm meshing voxel a surface point may lie up to sqrt(3)/2 x 6 = 5.2 cm from its nearest vertex:
+    # the bound is 2 + 5.2 cm, so the pixel 5 cm off now lands on vertex 0 ((0.105, 0, 1.05) is 5.0 cm from it),
+    # and pixel (2, 4), 10 cm from vertex 0, still does not
+    corr6 = LabelImageCorrector(verts, np.array([TABLE, TABLE]), np.array([6, 6]), np.array([True, False]),
+                                tol_m=0.02, voxel_m=0.06)
+    assert abs(corr6.tol_m - (0.02 + 0.03 * np.sqrt(3.0))) < 1e-12
+    s6, _, n = corr6.correct(K, np.eye(4), depth + 0.05, sem_img, inst_img)
+    assert n == 1 and s6[2, 3] == TABLE
+    s6, _, n = corr6.correct(K, np.eye(4), depth, sem_img, inst_img)
+    assert n == 1 and s6[2, 4] == WALL
