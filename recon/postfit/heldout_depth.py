@@ -124,9 +124,8 @@ def write_heldout_depth(run: Path, model, scene, s, log=print, progress: bool = 
     """RUN/depth_heldout/<frame>.png: uint16 mm z-depth of the SDF surface seen from every held-out
     pose, found without the frame's observed depth, on a pixel grid of stride
     mesh.heldout_depth_stride (full-size image; pixels off the grid are 0 = not evaluated), and
-    <frame>.npz: the same z-depth in float32 metres (key "depth_m"), which `eval` scores. The PNG's
-    1 mm steps alone add about 0.25 mm of error per pixel, a sixth of a good fit's error on
-    noise-free depth. Returns the number of frames written."""
+    <frame>.npz: the same z-depth in float32 metres (key "depth_m"), which `eval` scores (errors on
+    noise-free depth are about 1 mm, the PNG's step). Returns the number of frames written."""
     idx = scene.heldout_indices()
     if not idx:
         return 0

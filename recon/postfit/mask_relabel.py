@@ -261,7 +261,7 @@ class LabelImageCorrector:
         assert verts.shape == (len(sem), 3) and sem.shape == inst.shape == changed.shape
         assert tol_m >= 0 and voxel_m >= 0
         self.sem, self.inst, self.changed = np.asarray(sem), np.asarray(inst), changed
-        self.tol_m = tol_m + 0.5 * np.sqrt(3.0) * voxel_m        # bound on the nearest-vertex distance, metres
+        self.max_dist_m = tol_m + 0.5 * np.sqrt(3.0) * voxel_m   # bound on the nearest-vertex distance, metres
         self.tree = cKDTree(verts) if changed.any() else None
 
     def correct(self, K: np.ndarray, c2w: np.ndarray, depth_z_m: np.ndarray, sem_img: np.ndarray,
@@ -277,7 +277,7 @@ class LabelImageCorrector:
         z = depth_z_m[v, u]
         x_cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1)   # [P, 3]
         x_w = x_cam @ np.asarray(c2w)[:3, :3].T + np.asarray(c2w)[:3, 3]
-        d, nn = self.tree.query(x_w, k=1, distance_upper_bound=self.tol_m)
+        d, nn = self.tree.query(x_w, k=1, distance_upper_bound=self.max_dist_m)
         hit = np.isfinite(d)
         hit[hit] = self.changed[nn[hit]]
         sem_img[v[hit], u[hit]] = self.sem[nn[hit]]

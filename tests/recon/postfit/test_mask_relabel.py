@@ -177,7 +177,7 @@ def test_label_image_correction_by_hand():
     # and pixel (2, 4), 10 cm from vertex 0, still does not
     corr6 = LabelImageCorrector(verts, np.array([TABLE, TABLE]), np.array([6, 6]), np.array([True, False]),
                                 tol_m=0.02, voxel_m=0.06)
-    assert abs(corr6.tol_m - (0.02 + 0.03 * np.sqrt(3.0))) < 1e-12
+    assert abs(corr6.max_dist_m - (0.02 + 0.03 * np.sqrt(3.0))) < 1e-12
     s6, _, n = corr6.correct(K, np.eye(4), depth + 0.05, sem_img, inst_img)
     assert n == 1 and s6[2, 3] == TABLE
     s6, _, n = corr6.correct(K, np.eye(4), depth, sem_img, inst_img)
