@@ -217,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--no-fill", action="store_true",
                     help="leave the vertices no mask confirms as the fields label them")
 
+    rc = sub.add_parser("reclass", help="an instance takes the class its masks give it (finished run)",
+                        description="Post-process a finished run (no model needed; recon/postfit/mask_reclass.py): an "
+                                    "instance whose training masks call it another thing class (at least "
+                                    "panoptic.reclass_min_frames frames and panoptic.reclass_min_share of its frames "
+                                    "with a clear mask) takes that class, then merges with a same-class instance one "
+                                    "mask covers with it (mask-evidence merging). Rewrites mesh.ply, instances/, "
+                                    "instances.json, relabel.npz and the label images. Runs fitted with "
+                                    "panoptic.reclass_by_masks (the default) have it applied already.")
+    rc.add_argument("--run", type=Path, required=True)
+
     c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
                        description="Post-process a finished run: keep only mesh faces that some training view "
                                    "saw near its depth (mesh.cull_front_margin_m in front, mesh.cull_margin_m "

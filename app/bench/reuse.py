@@ -26,6 +26,10 @@ MASK_MERGE_KEYS = ("merge_by_masks", "mask_merge_min_frames", "mask_merge_min_sh
 RELABEL_SWITCHES = ("split_untokened", "fill_unmasked")
 RELABEL_KEYS = RELABEL_SWITCHES + ("relabel_depth_tol_m", "split_min_mask_share")
 
+# the instance class from its masks (recon/postfit/mask_reclass.py), added later and on by default; while off its keys
+# change nothing, so cells keep their identity
+RECLASS_KEYS = ("reclass_by_masks", "reclass_min_frames", "reclass_min_share")
+
 # panoptic settings that only act through the panoptic head: with panoptic.head off they change nothing
 HEAD_ONLY_KEYS = ("keep_untokened_classes",)
 
@@ -75,6 +79,8 @@ def comparable_config(cfg: dict | None) -> dict | None:
         out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in MASK_MERGE_KEYS}
     if isinstance(pan, dict) and not any(pan.get(k, False) for k in RELABEL_SWITCHES):
         out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in RELABEL_KEYS}
+    if isinstance(pan, dict) and not pan.get("reclass_by_masks", False):
+        out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in RECLASS_KEYS}
     if isinstance(pan, dict) and pan.get("head") is False:          # a rule of the head's labels: no head, no effect
         out["panoptic"] = {k: v for k, v in pan.items() if k not in HEAD_ONLY_KEYS}
     tok = out.get("tokens")
@@ -89,15 +95,15 @@ CULL_KEY = "cull_front_margin_m"
 
 
 def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
-    """The post-processes ("cull", then "merge", then "maskmerge", then "relabel") that turn a finished fit with
-    settings old_cfg into one with new_cfg, [] if none is needed, or None if no post-process can (other settings
-    differ, a looser cull, other fragment-merging settings on a run merged already, or relabelling rules switched
-    off on a relabelled run): then the cell is refitted."""
+    """The post-processes ("cull", then "merge", then "maskmerge", then "relabel", then "reclass") that turn a
+    finished fit with settings old_cfg into one with new_cfg, [] if none is needed, or None if no post-process can
+    (other settings differ, a looser cull, other fragment-merging settings on a run merged already, relabelling
+    rules switched off on a relabelled run, or the reclass on a reclassed one): then the cell is refitted."""
     old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
 
     def without_post(c: dict) -> dict:
         return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items()
-                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS + RELABEL_KEYS},
+                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS + RELABEL_KEYS + RECLASS_KEYS},
                 "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
     if without_post(old_c) != without_post(new_c):
         return None
@@ -122,6 +128,11 @@ def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
             return None                                 # relabelled vertices cannot be put back
         if any(new_p.get(k, False) for k in RELABEL_SWITCHES):
             steps.append("relabel")
+    old_p, new_p = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in RECLASS_KEYS} for c in (old_c, new_c))
+    if old_p != new_p:
+        if old_p.get("reclass_by_masks") or not new_p.get("reclass_by_masks"):
+            return None                                 # reclassed vertices cannot be put back
+        steps.append("reclass")
     return steps
 
 

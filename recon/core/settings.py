@@ -194,6 +194,7 @@ class PanopticSettings:
     RANGES = {"min_instance_vertices": ">=0", "fragment_max_fraction": "[0, 1]",
               "fragment_min_shared_edges": ">=1", "mask_merge_min_frames": ">=1",
               "mask_merge_min_share": "[0, 1]", "relabel_depth_tol_m": ">0",
+              "reclass_min_frames": ">=1", "reclass_min_share": "[0, 1]",
               "split_min_mask_share": "[0, 1]"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     keep_untokened_classes: bool = True  # labels with the head: where the semantic field's most likely class is a
@@ -216,6 +217,11 @@ class PanopticSettings:
                                          # (recon/postfit/mask_relabel.py; ours)
     relabel_depth_tol_m: float = 0.03    # ... a vertex is seen in a frame within this of the observed depth
     split_min_mask_share: float = 0.5    # ... share of the masks' votes on a split region that must be its class
+    reclass_by_masks: bool = True        # post-process: an instance whose training masks call it another thing
+                                         # class takes that class, then merges by mask evidence with its new
+                                         # class (recon/postfit/mask_reclass.py; ours)
+    reclass_min_frames: int = 3          # ... with at least this many frames' masks of that class
+    reclass_min_share: float = 0.7       # ... that are at least this share of its frames with a clear mask
 
 
 @dataclass

@@ -23,8 +23,9 @@ from recon.data.run_files import face_labels
 from recon.data.scene import Scene
 from recon.model.inference import vertex_attributes
 from recon.model.sampling import FrameBank
-from recon.postfit.fragments import merge_fragment_ids
-from recon.postfit.mask_merge import merge_ids_by_masks
+from recon.postfit.fragments import merge_fragment_ids, merged_id_map
+from recon.postfit.mask_merge import mask_merge_params, merge_ids_by_masks
+from recon.postfit.mask_reclass import reclass_mesh, reclass_params
 from recon.postfit.mask_relabel import RELABEL_FILE, relabel_params, relabel_mesh, write_relabel
 from recon.postfit.mesh_colour import colour_vertices_from_images
 from recon.postfit.meshing import extract_mesh, observed_mask
@@ -180,6 +181,20 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
                                           params=relabel_params(s), log=log.info, progress=progress)
     else:
         changed = None
+    if p.reclass_by_masks and branch is not None and scene.has_masks:
+        # merged ids reach the fields' label images through token_ids; the class change through relabel.npz
+        sem_r, inst_r = sem, inst
+        sem, _, merges = reclass_mesh(verts, sem, inst, scene, list(bank.frame_index), reclass_params(s),
+                                      mask_merge_params(p), log=log.info, progress=progress)
+        moved = sem != sem_r
+        if moved.any():
+            if changed is None:
+                sem_before, inst_before, changed = sem_r, inst_r, moved
+            else:
+                changed = changed | moved
+        if merges:
+            lut = merged_id_map(np.concatenate([token_ids, inst, inst_before]), merges)
+            token_ids, inst, inst_before = lut[token_ids], lut[inst], lut[inst_before]   # one numbering
     if (run / RELABEL_FILE).is_file():
         (run / RELABEL_FILE).unlink()                     # from an earlier fit into this folder
     path = run / "mesh.ply"

@@ -164,6 +164,11 @@ def mask_evidence_merges(verts: np.ndarray, inst: np.ndarray, sem: np.ndarray, s
     return merges, same, diff
 
 
+def mask_merge_params(p) -> MaskMergeParams:
+    """The rule's parameters from the panoptic settings p (mask_merge_min_frames, mask_merge_min_share)."""
+    return MaskMergeParams(min_same_frames=int(p.mask_merge_min_frames), min_same_share=float(p.mask_merge_min_share))
+
+
 def merge_ids_by_masks(verts: np.ndarray, inst: np.ndarray, sem: np.ndarray, token_ids: np.ndarray, scene: Scene,
                        frame_index: list[int], p, log=print, progress: bool = False
                        ) -> tuple[dict[int, int], np.ndarray | None]:
@@ -173,9 +178,8 @@ def merge_ids_by_masks(verts: np.ndarray, inst: np.ndarray, sem: np.ndarray, tok
     Logs every merge with its votes."""
     from recon.postfit.fragments import merged_id_map
 
-    params = MaskMergeParams(min_same_frames=int(p.mask_merge_min_frames),
-                             min_same_share=float(p.mask_merge_min_share))
-    merges, same, diff = mask_evidence_merges(verts, inst, sem, scene, frame_index, params, progress=progress)
+    merges, same, diff = mask_evidence_merges(verts, inst, sem, scene, frame_index, mask_merge_params(p),
+                                              progress=progress)
     if not merges:
         log(f"mask-evidence merge: none ({sum(same.values())} same-mask and {sum(diff.values())} different-mask "
             f"votes over {len(set(same) | set(diff))} same-class pairs)")

@@ -238,3 +238,70 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
                                 f"tolerance {p.relabel_depth_tol_m} m): {int(changed.sum())} vertices and {n_px} "
                                 f"label-image pixels changed", log)
     return int(changed.sum())
+
+
+@writes_run("reclass")
+def reclass_run(run, log=print, progress: bool = False) -> int:
+    """Apply the instance class from its masks (recon/postfit/mask_reclass.py) to a finished run folder, without
+    its model. Rewrites mesh*.ply, instances/, instances.json, RUN/relabel.npz (the reclassed vertices added, with
+    their earlier labels) and the label images (merged ids through the id map; pixels on reclassed vertices as the
+    relabelling corrects them), each file atomically; records panoptic.reclass_by_masks in config.yaml and
+    log.txt. Returns the number of vertices whose class changed."""
+    from recon.postfit.fragments import merged_id_map
+    from recon.postfit.mask_merge import mask_merge_params
+    from recon.postfit.mask_reclass import reclass_mesh, reclass_params
+    from recon.postfit.mask_relabel import _read_relabel_arrays
+
+    run = Path(run)
+    if not (run / "instances.json").is_file():
+        raise FileNotFoundError(f"{run} has no instances.json: the mask reclass needs a finished run with instances")
+    lr = read_labelled_run(run, "mask reclass")
+    s = lr["settings"]
+    p = s.panoptic
+    scene = run_scene(run)
+    if not scene.has_masks:
+        raise ValueError(f"{scene.root} has no masks: the mask reclass needs the scene's 2D masks")
+    import yaml
+    raw = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("panoptic") or {}
+    if raw.get("reclass_by_masks"):              # a run fitted before the setting existed had no reclass
+        log(f"{run}: reclassed by masks already (panoptic.reclass_by_masks); nothing changes")
+        return 0
+    sem_r, inst_r = lr["semantic"], lr["instance"]
+    sem, _, merges = reclass_mesh(lr["verts"], sem_r, inst_r, scene, train_indices(scene, s), reclass_params(s),
+                                  mask_merge_params(p), log=log, progress=progress)
+    moved = sem != sem_r
+    earlier = _read_relabel_arrays(run, len(sem))
+    changed = np.zeros(len(sem), bool)
+    sem_b, inst_b = sem_r.copy(), inst_r.copy()
+    if earlier is not None:
+        changed[earlier["changed"]] = True
+        if "semantic_before" in earlier:
+            idx = earlier["changed"]
+            sem_b[idx], inst_b[idx] = earlier["semantic_before"], earlier["instance_before"]
+    changed |= moved
+    lut = merged_id_map(np.concatenate([lr["token_ids"], inst_r, inst_b]), merges) if merges else None
+    inst = inst_r if lut is None else lut[inst_r]
+    token_ids = lr["token_ids"] if lut is None else lut[lr["token_ids"]]
+    lr["semantic"] = sem
+    rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, token_ids)
+    if changed.any():
+        write_relabel(run, changed, sem_b, inst_b if lut is None else lut[inst_b])
+    n_px = 0
+    if (run / "labels" / "semantic").is_dir() and (moved.any() or lut is not None):
+        corrector = LabelImageCorrector(lr["verts"], sem, inst, moved, p.relabel_depth_tol_m, s.mesh.voxel_size_m)
+        for i, fid in enumerate(scene.frame_ids):
+            if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
+                continue
+            sem_img, inst_img = read_label_images(run, fid, (scene.width, scene.height))
+            if lut is not None:
+                ext = np.arange(max(int(inst_img.max(initial=0)) + 1, len(lut)))
+                ext[:len(lut)] = lut
+                inst_img = ext[inst_img.astype(np.int64)]
+            new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
+            write_label_images(run, [fid], [new_sem], [new_inst])
+            n_px += n
+    p.reclass_by_masks = True
+    record_post_process(run, s, f"mask reclass (min_frames {p.reclass_min_frames}, min_share {p.reclass_min_share}):"
+                                f" {int(moved.sum())} vertices changed class, {len(merges)} merge(s) "
+                                f"{dict(sorted(merges.items()))}, {n_px} label-image pixels corrected", log)
+    return int(moved.sum())

@@ -374,6 +374,17 @@ def test_post_steps_cull_and_merge():
     mm_on = new
     assert post_steps(before_mm, mm_on) == ["maskmerge"] and fit_reuse(mm_off, mm_on) == "postprocess"
     assert post_steps(mm_on, mm_off) is None and fit_reuse(mm_on, mm_off) == "refit"
+    # the reclass by masks (added later, on by default): a cell from before it (no keys) has it off; switching it on
+    # is a post-process after the others, off again a refit
+    assert new["panoptic"]["reclass_by_masks"] is True
+    before_rc = json.loads(json.dumps(new))
+    for k in ("reclass_by_masks", "reclass_min_frames", "reclass_min_share"):
+        del before_rc["panoptic"][k]
+    rc_off = json.loads(json.dumps(new))
+    rc_off["panoptic"]["reclass_by_masks"] = False
+    assert fit_reuse(before_rc, rc_off) == "evaluate"
+    assert post_steps(before_rc, new) == ["reclass"] and fit_reuse(rc_off, new) == "postprocess"
+    assert post_steps(new, rc_off) is None and fit_reuse(new, rc_off) == "refit"
     # the relabelling where the masks are silent (added later, on by default): a cell from before it (no keys) has
     # both rules off; switching them on is a post-process, off again a refit; with both off its keys are ignored
     assert new["panoptic"]["split_untokened"] is True and new["panoptic"]["fill_unmasked"] is True

@@ -280,3 +280,48 @@ def test_relabelling_fills_what_the_masks_leave_unlabelled_in_mesh_and_images_al
     assert relabel_run(run2, log=lambda *_: None) == 0
     cfg = (run2 / "config.yaml").read_text()
     assert "fill_unmasked: true" in cfg and "relabelling where the masks are silent" in (run2 / "log.txt").read_text()
+
+
+def test_reclass_gives_an_instance_the_class_its_masks_give_it_in_mesh_and_images_alike(two_box_run, tmp_path):
+    import shutil
+
+    from recon.postfit.post_process import reclass_run
+
+    scene_dir, run = two_box_run
+    assert "mask reclass: none" in (run / "log.txt").read_text()          # the fit ran the rule; masks agreed
+    # the same scene where the masks call the second box a crate (another thing class) in every frame
+    scene2, run2 = tmp_path / "scene", tmp_path / "run"
+    shutil.copytree(scene_dir, scene2)
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (run2 / "scene.txt").write_text(str(scene2))
+    (scene2 / "classes.json").write_text(json.dumps(CLASSES + [{"id": 3, "name": "crate", "thing": True,
+                                                                "prompts": ["crate"]}]))
+    legend = json.loads((run2 / "legend.json").read_text())       # as if the scene had listed it from the start
+    (run2 / "legend.json").write_text(json.dumps(legend + [{**legend[-1], "id": 3, "name": "crate"}]))
+    cfg = (run2 / "config.yaml").read_text()                # as a run fitted before the rule existed
+    (run2 / "config.yaml").write_text("\n".join(ln for ln in cfg.splitlines() if "reclass_" not in ln) + "\n")
+    sc = load_scene(scene2)
+    for i, fid in enumerate(sc.frame_ids):
+        m_inst, m_sem, _ = sc.load_masks(i)
+        _, g_inst = sc.load_gt(i)
+        Image.fromarray(np.where((g_inst == 2) & (m_sem == 2), 3, m_sem).astype(np.uint16)).save(
+            scene2 / "masks" / "semantic" / f"{fid}.png")
+    v, _, _, before = read_ply(run2 / "mesh.ply")
+    box1, box2 = ((np.linalg.norm(v - c, axis=1) < 0.45) & (v[:, 2] > 0.05) for c in BOX_CENTRES)
+    assert np.mean(before["semantic"][box2] == 2) > 0.8
+    lines = []
+    assert reclass_run(run2, log=lines.append) > 0
+    assert any("box -> crate" in ln for ln in lines), lines
+    _, _, _, after = read_ply(run2 / "mesh.ply")
+    assert np.mean(after["semantic"][box2] == 3) > 0.8 and np.mean(after["semantic"][box1] == 2) > 0.8
+    assert (after["instance"][box2] == before["instance"][box2]).all()          # no mask covers both: no merge
+    doc = json.loads((run2 / "instances.json").read_text())
+    assert sorted(e["class"] for e in doc["instances"]) == ["box", "crate"]
+    for i, fid in enumerate(sc.frame_ids):                # label images show what the mesh shows
+        sem_img = np.asarray(Image.open(run2 / "labels" / "semantic" / f"{fid}.png"))
+        _, g_inst = sc.load_gt(i)
+        if (g_inst == 2).sum() > 20:
+            assert np.mean(sem_img[g_inst == 2] == 3) > 0.8, f"frame {fid}: the label image still says box"
+    assert reclass_run(run2, log=lambda *_: None) == 0        # applied once; the run records it
+    assert "reclass_by_masks: true" in (run2 / "config.yaml").read_text()
+    assert "mask reclass" in (run2 / "log.txt").read_text()
