@@ -137,8 +137,6 @@ def mask_evidence_merges(verts: np.ndarray, inst: np.ndarray, sem: np.ndarray, s
     """The rule of the module docstring over the scene's frames `frame_index` (the training frames):
     (merges {id: id it merges into}, same votes, different votes). verts [V, 3] world m; inst [V] predicted
     instance ids (0 = none); sem [V] predicted class ids."""
-    from tqdm import tqdm
-
     inst = np.asarray(inst, np.int64)
     sem = np.asarray(sem, np.int64)
     assert verts.shape == (len(inst), 3) and sem.shape == inst.shape, (verts.shape, inst.shape, sem.shape)
@@ -146,22 +144,34 @@ def mask_evidence_merges(verts: np.ndarray, inst: np.ndarray, sem: np.ndarray, s
     if len(ids) < 2 or not scene.has_masks:
         return {}, Counter(), Counter()
     cls = {int(i): int(np.bincount(sem[inst == i]).argmax()) for i in ids}
-    things = np.zeros(max(scene.thing_ids(), default=0) + 2, bool)
-    things[scene.thing_ids()] = True
     same, diff = Counter(), Counter()
-    for i in tqdm(frame_index, desc="mask-evidence merge", disable=not progress, leave=False):
-        idx, v, u = seen_pixels(verts, scene.K, scene.c2w[i], scene.load_depth_m(i), params.depth_tol_m)
-        m_inst, m_sem, _ = scene.load_masks(i)
-        m_sem = m_sem.astype(np.int64)
-        thing_px = things[np.minimum(m_sem, len(things) - 1)] & (m_sem > 0)
-        mask_id = np.where(thing_px, m_inst.astype(np.int64), 0)                       # [H, W] thing masks only
-        fm = frame_masks_of_instances(inst[idx], mask_id[v, u], params.min_visible, params.min_mask_share)
+    for fm, _ in frame_instance_masks(verts, inst, scene, frame_index, params, "mask-evidence merge", progress):
         s, d = pair_votes(fm, cls)
         same.update(s)
         diff.update(d)
     merges = mask_merges(same, diff, {int(i): int(n) for i, n in zip(ids, sizes)}, params.min_same_frames,
                          params.min_same_share)
     return merges, same, diff
+
+
+def frame_instance_masks(verts: np.ndarray, inst: np.ndarray, scene, frame_index: list[int],
+                         params: MaskMergeParams, desc: str = "instance masks", progress: bool = False):
+    """For each of the frames `frame_index`: ({instance id: its thing mask id} (frame_masks_of_instances with
+    params' depth tolerance, min_visible and min_mask_share), {mask id: its class}). verts [V, 3] world m;
+    inst [V] (0 = none). A generator: one frame's images are read at a time."""
+    from tqdm import tqdm
+
+    things = np.zeros(max(scene.thing_ids(), default=0) + 2, bool)
+    things[scene.thing_ids()] = True
+    for i in tqdm(frame_index, desc=desc, disable=not progress, leave=False):
+        idx, v, u = seen_pixels(verts, scene.K, scene.c2w[i], scene.load_depth_m(i), params.depth_tol_m)
+        m_inst, m_sem, _ = scene.load_masks(i)
+        m_sem = m_sem.astype(np.int64)
+        thing_px = things[np.minimum(m_sem, len(things) - 1)] & (m_sem > 0)
+        mask_id = np.where(thing_px, m_inst.astype(np.int64), 0)                       # [H, W] thing masks only
+        fm = frame_masks_of_instances(inst[idx], mask_id[v, u], params.min_visible, params.min_mask_share)
+        mask_cls = {m: int(np.bincount(m_sem[mask_id == m]).argmax()) for m in set(fm.values())}  # majority class
+        yield fm, mask_cls
 
 
 def mask_merge_params(p) -> MaskMergeParams:

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recon.postfit.mask_merge import (MaskMergeParams, frame_masks_of_instances, mask_evidence_merges, mask_merges,
-                                      seen_pixels)
+from recon.postfit.mask_merge import MaskMergeParams, frame_instance_masks, mask_merges, pair_votes
 
 
 @dataclass(frozen=True)
@@ -43,32 +42,6 @@ def reclass_params(s) -> ReclassParams:
     """The rule's parameters from fit settings `s` (panoptic.reclass_min_frames, reclass_min_share)."""
     return ReclassParams(min_frames=int(s.panoptic.reclass_min_frames),
                          min_share=float(s.panoptic.reclass_min_share))
-
-
-def mask_class_of_instances(verts: np.ndarray, inst: np.ndarray, scene, frame_index: list[int],
-                            params: MaskMergeParams = MaskMergeParams(), progress: bool = False
-                            ) -> dict[int, Counter]:
-    """{instance id: Counter(class id -> frames)}: in each of the frames `frame_index`, the class of the thing
-    mask that is the instance's mask there (frame_masks_of_instances with params' depth tolerance, min_visible
-    and min_mask_share). verts [V, 3] world m; inst [V] (0 = none)."""
-    from tqdm import tqdm
-
-    inst = np.asarray(inst, np.int64)
-    assert verts.ndim == 2 and verts.shape == (len(inst), 3), (verts.shape, inst.shape)
-    votes: dict[int, Counter] = {}
-    things = np.zeros(max(scene.thing_ids(), default=0) + 2, bool)
-    things[scene.thing_ids()] = True
-    for i in tqdm(frame_index, desc="mask class of instances", disable=not progress, leave=False):
-        idx, v, u = seen_pixels(verts, scene.K, scene.c2w[i], scene.load_depth_m(i), params.depth_tol_m)
-        m_inst, m_sem, _ = scene.load_masks(i)
-        m_sem = m_sem.astype(np.int64)
-        thing_px = things[np.minimum(m_sem, len(things) - 1)] & (m_sem > 0)
-        mask_id = np.where(thing_px, m_inst.astype(np.int64), 0)                       # [H, W] thing masks only
-        fm = frame_masks_of_instances(inst[idx], mask_id[v, u], params.min_visible, params.min_mask_share)
-        for k, m in fm.items():
-            cls = np.bincount(m_sem[mask_id == m])                 # a mask is one class; the majority if not
-            votes.setdefault(k, Counter())[int(cls.argmax())] += 1
-    return votes
 
 
 def reclass_decisions(votes: dict[int, Counter], cls: dict[int, int], thing_ids, min_frames: int,
@@ -100,7 +73,11 @@ def reclass_mesh(verts: np.ndarray, sem: np.ndarray, inst: np.ndarray, scene, fr
     if len(ids) == 0 or not scene.has_masks:
         return sem, {}, {}
     cls = {int(i): int(np.bincount(sem[inst == i]).argmax()) for i in ids}
-    votes = mask_class_of_instances(verts, inst, scene, frame_index, merge_params, progress=progress)
+    frames = list(frame_instance_masks(verts, inst, scene, frame_index, merge_params, "mask reclass", progress))
+    votes: dict[int, Counter] = {}
+    for fm, mask_cls in frames:                        # the class of each instance's mask, one vote per frame
+        for k, m in fm.items():
+            votes.setdefault(k, Counter())[mask_cls[m]] += 1
     new_cls = reclass_decisions(votes, cls, scene.thing_ids(), params.min_frames, params.min_share)
     names = {c.id: c.name for c in getattr(scene, "classes", [])}
     if not new_cls:
@@ -112,12 +89,16 @@ def reclass_mesh(verts: np.ndarray, sem: np.ndarray, inst: np.ndarray, scene, fr
         log(f"mask reclass: instance {k} ({int(mine.sum())} vertices) {names.get(cls[k], cls[k])} -> "
             f"{names.get(c, c)} (its masks: " + ", ".join(f"{names.get(a, a)} {b}" for a, b in
                                                              votes[k].most_common()) + " frames)")
-    _, same, diff = mask_evidence_merges(verts, inst, sem, scene, frame_index, merge_params, progress=progress)
-    keep = lambda pair: pair[0] in new_cls or pair[1] in new_cls         # noqa: E731
+    # mask-evidence merging's votes with the new classes, over the pairs that hold a reclassed instance (the
+    # frames' instance masks do not depend on the classes, so they are not computed again)
+    cls.update(new_cls)
+    same, diff = Counter(), Counter()
+    for fm, _ in frames:
+        s, d = pair_votes(fm, cls)
+        same.update({pair: n for pair, n in s.items() if pair[0] in new_cls or pair[1] in new_cls})
+        diff.update({pair: n for pair, n in d.items() if pair[0] in new_cls or pair[1] in new_cls})
     sizes = {int(i): int((inst == i).sum()) for i in ids}
-    merges = mask_merges(Counter({k: v for k, v in same.items() if keep(k)}),
-                         Counter({k: v for k, v in diff.items() if keep(k)}), sizes, merge_params.min_same_frames,
-                         merge_params.min_same_share)
+    merges = mask_merges(same, diff, sizes, merge_params.min_same_frames, merge_params.min_same_share)
     for k, v in sorted(merges.items()):
         pair = (min(k, v), max(k, v))
         log(f"mask reclass: instance {k} merges into {v}: one mask in {same.get(pair, 0)} frames, two in "

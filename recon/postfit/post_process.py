@@ -194,6 +194,28 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     return merges
 
 
+def correct_label_images(run: Path, scene, corrector: LabelImageCorrector, lut: np.ndarray | None = None) -> int:
+    """Bring a finished run's label images (labels/semantic, labels/instance) to its post-processed mesh: instance
+    ids through lut (old id -> new id; None: unchanged), then the corrector's changed vertices. Each frame that
+    changes is rewritten atomically. Returns the pixels the corrector changed."""
+    n_px = 0
+    if not (run / "labels" / "semantic").is_dir():
+        return 0
+    for i, fid in enumerate(scene.frame_ids):
+        if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
+            continue
+        sem_img, inst_img = read_label_images(run, fid, (scene.width, scene.height))
+        if lut is not None:
+            ext = np.arange(max(int(inst_img.max(initial=0)) + 1, len(lut)))
+            ext[:len(lut)] = lut
+            inst_img = ext[inst_img.astype(np.int64)]
+        new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
+        if n or lut is not None:
+            write_label_images(run, [fid], [new_sem], [new_inst])
+        n_px += n
+    return n_px
+
+
 @writes_run("relabel")
 def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress: bool = False) -> int:
     """Apply the relabelling where the masks are silent (recon/postfit/mask_relabel.py: `split` untokened regions,
@@ -221,17 +243,9 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
     rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
     write_relabel(run, changed, sem_before, inst_before)
     n_px = 0
-    if changed.any() and (run / "labels" / "semantic").is_dir():
-        corrector = LabelImageCorrector(lr["verts"], sem, inst, changed, p.relabel_depth_tol_m,
-                                         s.mesh.voxel_size_m)
-        for i, fid in enumerate(scene.frame_ids):
-            if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
-                continue
-            sem_img, inst_img = read_label_images(run, fid, (scene.width, scene.height))
-            new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
-            if n:
-                write_label_images(run, [fid], [new_sem], [new_inst])
-                n_px += n
+    if changed.any():
+        n_px = correct_label_images(run, scene, LabelImageCorrector(lr["verts"], sem, inst, changed,
+                                                                    p.relabel_depth_tol_m, s.mesh.voxel_size_m))
     p.split_untokened = p.split_untokened or split
     p.fill_unmasked = p.fill_unmasked or bool(fill)
     record_post_process(run, s, f"relabelling where the masks are silent (split {split}, fill {bool(fill)}, depth "
@@ -287,19 +301,9 @@ def reclass_run(run, log=print, progress: bool = False) -> int:
     if changed.any():
         write_relabel(run, changed, sem_b, inst_b if lut is None else lut[inst_b])
     n_px = 0
-    if (run / "labels" / "semantic").is_dir() and (moved.any() or lut is not None):
-        corrector = LabelImageCorrector(lr["verts"], sem, inst, moved, p.relabel_depth_tol_m, s.mesh.voxel_size_m)
-        for i, fid in enumerate(scene.frame_ids):
-            if not (run / "labels" / "semantic" / f"{fid}.png").is_file():
-                continue
-            sem_img, inst_img = read_label_images(run, fid, (scene.width, scene.height))
-            if lut is not None:
-                ext = np.arange(max(int(inst_img.max(initial=0)) + 1, len(lut)))
-                ext[:len(lut)] = lut
-                inst_img = ext[inst_img.astype(np.int64)]
-            new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
-            write_label_images(run, [fid], [new_sem], [new_inst])
-            n_px += n
+    if moved.any() or lut is not None:
+        n_px = correct_label_images(run, scene, LabelImageCorrector(lr["verts"], sem, inst, moved,
+                                                                    p.relabel_depth_tol_m, s.mesh.voxel_size_m), lut)
     p.reclass_by_masks = True
     record_post_process(run, s, f"mask reclass (min_frames {p.reclass_min_frames}, min_share {p.reclass_min_share}):"
                                 f" {int(moved.sum())} vertices changed class, {len(merges)} merge(s) "
