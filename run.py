@@ -227,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "panoptic.reclass_by_masks (the default) have it applied already.")
     rc.add_argument("--run", type=Path, required=True)
 
+    pc = sub.add_parser("consistency", help="no object on a wall, one class per id (finished run)",
+                        description="Post-process a finished run (no model needed; "
+                                    "recon/postfit/panoptic_consistency.py): an instance whose training masks call it "
+                                    "a stuff class (wall, floor, ...) more "
+                                    "than its own class is dissolved into the stuff around it (panoptic."
+                                    "dissolve_min_votes, dissolve_min_share); then a thing vertex or label pixel whose "
+                                    "id is no instance of its class in instances.json loses the id. Rewrites mesh.ply, "
+                                    "instances/, instances.json, relabel.npz and the label images. Runs fitted with "
+                                    "panoptic.dissolve_on_stuff / consistent_ids (the defaults) have it applied "
+                                    "already.")
+    pc.add_argument("--run", type=Path, required=True)
+
     c = sub.add_parser("cull-mesh", help="cull a finished run's mesh to observed surfaces (no model needed)",
                        description="Post-process a finished run: keep only mesh faces that some training view "
                                    "saw near its depth (mesh.cull_front_margin_m in front, mesh.cull_margin_m "

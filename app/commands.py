@@ -227,6 +227,13 @@ def cmd_reclass(args) -> int:
 
 
 @_guard
+def cmd_consistency(args) -> int:
+    from recon.postfit.post_process import consistency_run
+    consistency_run(args.run, progress=True)
+    return 0
+
+
+@_guard
 def cmd_cull_mesh(args) -> int:
     from recon.postfit.post_process import cull_run_mesh
     cull_run_mesh(args.run, args.front_margin)

@@ -30,8 +30,8 @@ from recon.core.settings import FitSettings, SynthSettings
 from recon.data.make_synth import make_synth_scene
 from recon.data.run_files import read_label_images
 from recon.data.scene import load_scene
-from recon.postfit.post_process import (cull_run_mesh, merge_run_by_masks, merge_run_fragments, reclass_run,
-                                         relabel_run)
+from recon.postfit.post_process import (consistency_run, cull_run_mesh, merge_run_by_masks, merge_run_fragments,
+                                         reclass_run, relabel_run)
 from recon.train.callbacks import MetricMonitor
 from recon.train.checkpoint import has_checkpoint
 
@@ -191,6 +191,8 @@ def _compute_cell(spec: dict, cell_dir: Path, progress: bool) -> dict:
                 relabel_run(run, split=s.panoptic.split_untokened, fill=s.panoptic.fill_unmasked, log=say)
             if "reclass" in steps and (run / "instances.json").is_file():
                 reclass_run(run, log=say)
+            if "consistency" in steps and (run / "instances.json").is_file():
+                consistency_run(run, log=say)
         elif same and has_checkpoint(run):
             fit_scene(scene_dir, run, s, resume=True, progress=progress, extra_callbacks=extra)  # interrupted earlier
         else:

@@ -30,6 +30,11 @@ RELABEL_KEYS = RELABEL_SWITCHES + ("relabel_depth_tol_m", "split_min_mask_share"
 # change nothing, so cells keep their identity
 RECLASS_KEYS = ("reclass_by_masks", "reclass_min_frames", "reclass_min_share")
 
+# the panoptic consistency step (recon/postfit/panoptic_consistency.py), added later and on by default; with both
+# switches off its keys change nothing, so cells keep their identity
+CONSISTENCY_SWITCHES = ("dissolve_on_stuff", "consistent_ids")
+CONSISTENCY_KEYS = CONSISTENCY_SWITCHES + ("dissolve_min_votes", "dissolve_min_share")
+
 # panoptic settings that only act through the panoptic head: with panoptic.head off they change nothing
 HEAD_ONLY_KEYS = ("keep_untokened_classes",)
 
@@ -64,7 +69,8 @@ def _strip_off_keys(cfg: dict) -> dict:
 def comparable_config(cfg: dict | None) -> dict | None:
     """A resolved fit config without the settings that do not change the result (UNHASHED_TRAIN_KEYS; the
     FRAGMENT_KEYS while panoptic.merge_fragments is off; the MASK_MERGE_KEYS while panoptic.merge_by_masks is off;
-    the RELABEL_KEYS while both relabelling rules are off; the HEAD_ONLY_KEYS without the panoptic head; the
+    the RELABEL_KEYS while both relabelling rules are off; the CONSISTENCY_KEYS while both consistency rules are off;
+    the HEAD_ONLY_KEYS without the panoptic head; the
     BLIND_KEYS while the blind split is off; the OFF_KEYS at their off values): what the cell hash and fit reuse
     compare."""
     if not isinstance(cfg, dict):
@@ -81,6 +87,8 @@ def comparable_config(cfg: dict | None) -> dict | None:
         out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in RELABEL_KEYS}
     if isinstance(pan, dict) and not pan.get("reclass_by_masks", False):
         out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in RECLASS_KEYS}
+    if isinstance(pan, dict) and not any(pan.get(k, False) for k in CONSISTENCY_SWITCHES):
+        out["panoptic"] = pan = {k: v for k, v in pan.items() if k not in CONSISTENCY_KEYS}
     if isinstance(pan, dict) and pan.get("head") is False:          # a rule of the head's labels: no head, no effect
         out["panoptic"] = {k: v for k, v in pan.items() if k not in HEAD_ONLY_KEYS}
     tok = out.get("tokens")
@@ -95,15 +103,18 @@ CULL_KEY = "cull_front_margin_m"
 
 
 def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
-    """The post-processes ("cull", then "merge", then "maskmerge", then "relabel", then "reclass") that turn a
+    """The post-processes ("cull", then "merge", then "maskmerge", then "relabel", then "reclass", then
+    "consistency") that turn a
     finished fit with settings old_cfg into one with new_cfg, [] if none is needed, or None if no post-process can
     (other settings differ, a looser cull, other fragment-merging settings on a run merged already, relabelling
-    rules switched off on a relabelled run, or the reclass on a reclassed one): then the cell is refitted."""
+    rules switched off on a relabelled run, the reclass on a reclassed one, or the consistency rules changed on a run
+    made consistent): then the cell is refitted."""
     old_c, new_c = comparable_config(old_cfg), comparable_config(new_cfg)
 
     def without_post(c: dict) -> dict:
         return {**c, "panoptic": {k: v for k, v in (c.get("panoptic") or {}).items()
-                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS + RELABEL_KEYS + RECLASS_KEYS},
+                                  if k not in FRAGMENT_KEYS + MASK_MERGE_KEYS + RELABEL_KEYS + RECLASS_KEYS
+                                  + CONSISTENCY_KEYS},
                 "mesh": {k: v for k, v in (c.get("mesh") or {}).items() if k != CULL_KEY}}
     if without_post(old_c) != without_post(new_c):
         return None
@@ -133,6 +144,12 @@ def post_steps(old_cfg: dict, new_cfg: dict) -> list[str] | None:
         if old_p.get("reclass_by_masks") or not new_p.get("reclass_by_masks"):
             return None                                 # reclassed vertices cannot be put back
         steps.append("reclass")
+    old_p, new_p = ({k: v for k, v in (c.get("panoptic") or {}).items() if k in CONSISTENCY_KEYS}
+                    for c in (old_c, new_c))
+    if old_p != new_p:
+        if any(old_p.get(k, False) for k in CONSISTENCY_SWITCHES):
+            return None                                 # dissolved instances and dropped ids cannot be put back
+        steps.append("consistency")
     return steps
 
 

@@ -195,7 +195,8 @@ class PanopticSettings:
               "fragment_min_shared_edges": ">=1", "mask_merge_min_frames": ">=1",
               "mask_merge_min_share": "[0, 1]", "relabel_depth_tol_m": ">0",
               "reclass_min_frames": ">=1", "reclass_min_share": "[0, 1]",
-              "split_min_mask_share": "[0, 1]"}   # valid values, checked when the settings are loaded
+              "split_min_mask_share": "[0, 1]", "dissolve_min_votes": ">=1",
+              "dissolve_min_share": "[0, 1)"}   # valid values, checked when the settings are loaded
     head: bool = True                    # ablation switch: off = semantic field for classes, argmax token for ids
     keep_untokened_classes: bool = True  # labels with the head: where the semantic field's most likely class is a
                                          # thing class that no token carries (a small object whose tokens were
@@ -222,6 +223,13 @@ class PanopticSettings:
                                          # class (recon/postfit/mask_reclass.py; ours)
     reclass_min_frames: int = 3          # ... with at least this many frames' masks of that class
     reclass_min_share: float = 0.7       # ... that are at least this share of its frames with a clear mask
+    dissolve_on_stuff: bool = True       # post-process: an instance whose training masks call it wall / floor /
+                                         # ceiling (stuff) more than its own class is no object: its vertices take
+                                         # the nearest stuff labels (recon/postfit/panoptic_consistency.py; ours)
+    dissolve_min_votes: int = 20         # ... with at least this many stuff mask votes (seen vertices x frames)
+    dissolve_min_share: float = 0.5      # ... that are more than this share of its stuff + own-class votes
+    consistent_ids: bool = True          # post-process: a thing vertex or label pixel whose id is no instance of
+                                         # instances.json, or one of another class, loses the id (class kept)
 
 
 @dataclass

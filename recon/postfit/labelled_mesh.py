@@ -29,6 +29,7 @@ from recon.postfit.mask_reclass import reclass_mesh, reclass_params
 from recon.postfit.mask_relabel import RELABEL_FILE, relabel_params, relabel_mesh, write_relabel
 from recon.postfit.mesh_colour import colour_vertices_from_images
 from recon.postfit.meshing import extract_mesh, observed_mask
+from recon.postfit.panoptic_consistency import consistent_mesh
 
 
 @torch.no_grad()
@@ -195,6 +196,15 @@ def label_run_mesh(run: Path, model, scene: Scene, bank: FrameBank, s, log, bran
         if merges:
             lut = merged_id_map(np.concatenate([token_ids, inst, inst_before]), merges)
             token_ids, inst, inst_before = lut[token_ids], lut[inst], lut[inst_before]   # one numbering
+    if branch is not None and (p.dissolve_on_stuff or p.consistent_ids):
+        sem_c, inst_c = sem, inst
+        sem, inst, dissolved = consistent_mesh(verts, sem, inst, scene, list(bank.frame_index), p, log=log.info,
+                                               progress=progress)
+        if dissolved.any():                           # label images follow the dissolved vertices (relabel.npz)
+            if changed is None:
+                sem_before, inst_before, changed = sem_c, inst_c, dissolved
+            else:
+                changed = changed | dissolved
     if (run / RELABEL_FILE).is_file():
         (run / RELABEL_FILE).unlink()                     # from an earlier fit into this folder
     path = run / "mesh.ply"

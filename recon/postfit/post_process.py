@@ -194,10 +194,12 @@ def merge_run_fragments(run, max_fraction: float | None = None, min_shared_edges
     return merges
 
 
-def correct_label_images(run: Path, scene, corrector: LabelImageCorrector, lut: np.ndarray | None = None) -> int:
+def correct_label_images(run: Path, scene, corrector: LabelImageCorrector, lut: np.ndarray | None = None,
+                         after=None) -> int:
     """Bring a finished run's label images (labels/semantic, labels/instance) to its post-processed mesh: instance
-    ids through lut (old id -> new id; None: unchanged), then the corrector's changed vertices. Each frame that
-    changes is rewritten atomically. Returns the pixels the corrector changed."""
+    ids through lut (old id -> new id; None: unchanged), then the corrector's changed vertices, then
+    after(sem [H, W], inst [H, W]) -> inst (None: nothing). Each frame that changes is rewritten atomically.
+    Returns the pixels the corrector and `after` changed."""
     n_px = 0
     if not (run / "labels" / "semantic").is_dir():
         return 0
@@ -210,6 +212,10 @@ def correct_label_images(run: Path, scene, corrector: LabelImageCorrector, lut: 
             ext[:len(lut)] = lut
             inst_img = ext[inst_img.astype(np.int64)]
         new_sem, new_inst, n = corrector.correct(scene.K, scene.c2w[i], scene.load_depth_m(i), sem_img, inst_img)
+        if after is not None:
+            fixed = after(new_sem, new_inst)
+            n += int((fixed != new_inst).sum())
+            new_inst = fixed
         if n or lut is not None:
             write_label_images(run, [fid], [new_sem], [new_inst])
         n_px += n
@@ -309,3 +315,61 @@ def reclass_run(run, log=print, progress: bool = False) -> int:
                                 f" {int(moved.sum())} vertices changed class, {len(merges)} merge(s) "
                                 f"{dict(sorted(merges.items()))}, {n_px} label-image pixels corrected", log)
     return int(moved.sum())
+
+
+@writes_run("consistency")
+def consistency_run(run, log=print, progress: bool = False) -> int:
+    """Apply the last panoptic post-process (recon/postfit/panoptic_consistency.py: instances the masks call stuff
+    dissolve; thing vertices and pixels keep an id only where it is an instance of their class) to a finished
+    run folder, without its model. Rewrites mesh*.ply, instances/, instances.json, RUN/relabel.npz (the dissolved
+    vertices added, with their earlier labels) and the label images, each file atomically; records
+    panoptic.dissolve_on_stuff and consistent_ids in config.yaml and log.txt. Returns the number of vertices
+    whose labels changed."""
+    import yaml
+
+    from recon.postfit.mask_relabel import _read_relabel_arrays
+    from recon.postfit.panoptic_consistency import consistent_ids, consistent_mesh, instances_json_classes
+
+    run = Path(run)
+    if not (run / "instances.json").is_file():
+        raise FileNotFoundError(f"{run} has no instances.json: the consistency step needs a finished run with "
+                                f"instances")
+    lr = read_labelled_run(run, "panoptic consistency")
+    s = lr["settings"]
+    p = s.panoptic
+    scene = run_scene(run)
+    raw = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("panoptic") or {}
+    if raw.get("dissolve_on_stuff") or raw.get("consistent_ids"):   # a run fitted before the settings had neither
+        log(f"{run}: made consistent already (panoptic.dissolve_on_stuff / consistent_ids); nothing changes")
+        return 0
+    p.dissolve_on_stuff, p.consistent_ids = scene.has_masks, True
+    sem_r, inst_r = lr["semantic"], lr["instance"]
+    sem, inst, dissolved = consistent_mesh(lr["verts"], sem_r, inst_r, scene, train_indices(scene, s), p, log=log,
+                                           progress=progress)
+    earlier = _read_relabel_arrays(run, len(sem))
+    changed = np.zeros(len(sem), bool)
+    sem_b, inst_b = sem_r.copy(), inst_r.copy()
+    if earlier is not None:
+        changed[earlier["changed"]] = True
+        if "semantic_before" in earlier:
+            idx = earlier["changed"]
+            sem_b[idx], inst_b[idx] = earlier["semantic_before"], earlier["instance_before"]
+    changed |= dissolved
+    lr["semantic"] = sem
+    rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
+    if changed.any():
+        write_relabel(run, changed, sem_b, inst_b)
+    n_px = 0
+    if dissolved.any() or p.consistent_ids:
+        id_class = instances_json_classes(run) or {}
+        things = scene.thing_ids()
+        after = (lambda si, ii: consistent_ids(si, ii, id_class, things)) if p.consistent_ids else None
+        n_px = correct_label_images(run, scene, LabelImageCorrector(lr["verts"], sem, inst, dissolved,
+                                                                    p.relabel_depth_tol_m, s.mesh.voxel_size_m),
+                                    after=after)
+    n_changed = int(((sem != sem_r) | (inst != inst_r)).sum())
+    record_post_process(run, s, f"panoptic consistency (dissolve on stuff {p.dissolve_on_stuff}: min_votes "
+                                f"{p.dissolve_min_votes}, min_share {p.dissolve_min_share}; consistent ids "
+                                f"{p.consistent_ids}): {int(dissolved.sum())} vertices dissolved, {n_changed} "
+                                f"vertices changed, {n_px} label-image pixels changed", log)
+    return n_changed

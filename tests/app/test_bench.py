@@ -385,6 +385,21 @@ def test_post_steps_cull_and_merge():
     assert fit_reuse(before_rc, rc_off) == "evaluate"
     assert post_steps(before_rc, new) == ["reclass"] and fit_reuse(rc_off, new) == "postprocess"
     assert post_steps(new, rc_off) is None and fit_reuse(new, rc_off) == "refit"
+    # the consistency step (added later, on by default): a cell from before it (no keys) has both rules off; switching
+    # them on is a post-process after the others, switching one off again a refit
+    assert new["panoptic"]["dissolve_on_stuff"] is True and new["panoptic"]["consistent_ids"] is True
+    before_pc = json.loads(json.dumps(new))
+    for k in ("dissolve_on_stuff", "dissolve_min_votes", "dissolve_min_share", "consistent_ids"):
+        del before_pc["panoptic"][k]
+    pc_off = json.loads(json.dumps(new))
+    pc_off["panoptic"]["dissolve_on_stuff"] = pc_off["panoptic"]["consistent_ids"] = False
+    assert fit_reuse(before_pc, pc_off) == "evaluate"
+    assert post_steps(before_pc, new) == ["consistency"] and fit_reuse(pc_off, new) == "postprocess"
+    both = json.loads(json.dumps(before_pc))
+    for k in ("reclass_by_masks", "reclass_min_frames", "reclass_min_share"):
+        del both["panoptic"][k]
+    assert post_steps(both, new) == ["reclass", "consistency"]
+    assert post_steps(new, pc_off) is None and fit_reuse(new, pc_off) == "refit"
     # the relabelling where the masks are silent (added later, on by default): a cell from before it (no keys) has
     # both rules off; switching them on is a post-process, off again a refit; with both off its keys are ignored
     assert new["panoptic"]["split_untokened"] is True and new["panoptic"]["fill_unmasked"] is True

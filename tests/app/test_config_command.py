@@ -15,7 +15,7 @@ def test_config_lists_every_setting_with_its_value(capsys, tmp_path):
     assert by_key["loss.eik_fraction"][2] == "[0,1]"
     assert by_key["train.seed"][:5] == ["train.seed", "int", ">=0", "0", "0"] and by_key["train.seed"][5] != "*"
     assert "tokens.adjust_rules.max_tokens" in by_key
-    assert out[-1].startswith("161 settings; 2 differ from the default")
+    assert out[-1].startswith("165 settings; 2 differ from the default")
 
 
 def test_config_refuses_a_typo_with_the_nearest_key(capsys):

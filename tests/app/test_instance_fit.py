@@ -325,3 +325,48 @@ def test_reclass_gives_an_instance_the_class_its_masks_give_it_in_mesh_and_image
     assert reclass_run(run2, log=lambda *_: None) == 0        # applied once; the run records it
     assert "reclass_by_masks: true" in (run2 / "config.yaml").read_text()
     assert "mask reclass" in (run2 / "log.txt").read_text()
+
+
+def test_consistency_dissolves_an_instance_its_masks_call_floor_in_mesh_and_images_alike(two_box_run, tmp_path):
+    import shutil
+
+    from recon.postfit.post_process import consistency_run
+
+    scene_dir, run = two_box_run
+    log = (run / "log.txt").read_text()
+    assert "dissolve on stuff: none" in log                        # the fit ran the rule; the masks call both boxes box
+    # the same scene where the masks call the second box floor in every frame (a segmenter's mistake the other way
+    # round: the rule must take the masks' word where they see stuff)
+    scene2, run2 = tmp_path / "scene", tmp_path / "run"
+    shutil.copytree(scene_dir, scene2)
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (run2 / "scene.txt").write_text(str(scene2))
+    cfg = (run2 / "config.yaml").read_text()                # as a run fitted before the rules existed
+    (run2 / "config.yaml").write_text("\n".join(ln for ln in cfg.splitlines()
+                                                if "dissolve_" not in ln and "consistent_ids" not in ln) + "\n")
+    sc = load_scene(scene2)
+    for i, fid in enumerate(sc.frame_ids):
+        m_inst, m_sem, _ = sc.load_masks(i)
+        _, g_inst = sc.load_gt(i)
+        on_box2 = (g_inst == 2) & (m_sem == 2)
+        for sub, arr in (("semantic", np.where(on_box2, 1, m_sem)), ("instance", np.where(on_box2, 0, m_inst))):
+            Image.fromarray(arr.astype(np.uint16)).save(scene2 / "masks" / sub / f"{fid}.png")
+    v, _, _, before = read_ply(run2 / "mesh.ply")
+    box1, box2 = ((np.linalg.norm(v - c, axis=1) < 0.45) & (v[:, 2] > 0.05) for c in BOX_CENTRES)
+    id2 = int(np.bincount(before["instance"][box2]).argmax())
+    assert id2 > 0 and np.mean(before["semantic"][box2] == 2) > 0.8
+    lines = []
+    assert consistency_run(run2, log=lines.append) > 0
+    assert any(f"instance {id2} (box" in ln and "-> floor" in ln for ln in lines), lines
+    _, _, _, after = read_ply(run2 / "mesh.ply")
+    assert np.mean(after["instance"][box2] == 0) > 0.9 and np.mean(after["semantic"][box2] == 1) > 0.9
+    assert (after["instance"][box1] == before["instance"][box1]).all()                 # the other box is untouched
+    doc = json.loads((run2 / "instances.json").read_text())
+    assert [e["id"] for e in doc["instances"]] == [int(np.bincount(before["instance"][box1]).argmax())]
+    for i, fid in enumerate(sc.frame_ids):                # label images show what the mesh shows
+        inst_img = np.asarray(Image.open(run2 / "labels" / "instance" / f"{fid}.png"))
+        assert not (inst_img == id2).any(), f"frame {fid}: the dissolved id is still in the label image"
+    assert consistency_run(run2, log=lambda *_: None) == 0        # applied once; the run records it
+    cfg2 = (run2 / "config.yaml").read_text()
+    assert "dissolve_on_stuff: true" in cfg2 and "consistent_ids: true" in cfg2
+    assert "panoptic consistency" in (run2 / "log.txt").read_text()
