@@ -31,23 +31,12 @@ Where nothing fires, nothing changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from pathlib import Path
 
 import numpy as np
 
-from recon.postfit.mask_merge import seen_pixels
-
-
-@dataclass(frozen=True)
-class DissolveParams:
-    min_votes: int = 20           # an instance is dissolved with at least this many stuff mask votes ...
-    min_share: float = 0.5        # ... that are more than this share of its stuff + own-class votes
-    depth_tol_m: float = 0.05     # a vertex is seen in a frame within this of the observed depth
-
-
-def dissolve_params(s) -> DissolveParams:
-    """The rule's parameters from fit settings `s` (panoptic.dissolve_min_votes, dissolve_min_share)."""
-    return DissolveParams(min_votes=int(s.panoptic.dissolve_min_votes), min_share=float(s.panoptic.dissolve_min_share))
+from recon.postfit.mask_merge import MaskMergeParams, seen_pixels
 
 
 def instance_classes(sem: np.ndarray, inst: np.ndarray) -> dict[int, int]:
@@ -144,9 +133,6 @@ def kept_instance_classes(sem: np.ndarray, inst: np.ndarray, min_vertices: int) 
 
 def instances_json_classes(run) -> dict[int, int] | None:
     """{id: class id} of RUN/instances.json's instances; None without the file."""
-    import json
-    from pathlib import Path
-
     path = Path(run) / "instances.json"
     if not path.is_file():
         return None
@@ -165,7 +151,7 @@ def consistent_mesh(verts: np.ndarray, sem: np.ndarray, inst: np.ndarray, scene,
     stuff = [c.id for c in scene.classes if c.id not in things and c.id > 0]
     if p.dissolve_on_stuff and scene.has_masks and (inst > 0).any():
         cls = instance_classes(sem, inst)
-        votes = mask_class_votes(verts, inst, scene, frame_index, DissolveParams().depth_tol_m, progress)
+        votes = mask_class_votes(verts, inst, scene, frame_index, MaskMergeParams().depth_tol_m, progress)
         gone = dissolve_decisions(votes, cls, stuff, int(p.dissolve_min_votes), float(p.dissolve_min_share))
         if gone:
             sem_new, inst_new = dissolve_instances(verts, sem, inst, gone, stuff)

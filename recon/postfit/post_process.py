@@ -260,6 +260,30 @@ def relabel_run(run, split: bool = True, fill: bool = True, log=print, progress:
     return int(changed.sum())
 
 
+def _labels_before_relabel(run: Path, sem: np.ndarray, inst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(changed [V] bool, sem_before [V], inst_before [V]) of a run's mesh labels sem, inst [V]: the vertices
+    RUN/relabel.npz lists as changed, with the labels it records from before (elsewhere sem, inst themselves), so a
+    later post-process can add its own changed vertices and keep the earliest labels."""
+    from recon.postfit.mask_relabel import _read_relabel_arrays
+
+    earlier = _read_relabel_arrays(run, len(sem))
+    changed = np.zeros(len(sem), bool)
+    sem_b, inst_b = sem.copy(), inst.copy()
+    if earlier is not None:
+        changed[earlier["changed"]] = True
+        if "semantic_before" in earlier:
+            idx = earlier["changed"]
+            sem_b[idx], inst_b[idx] = earlier["semantic_before"], earlier["instance_before"]
+    return changed, sem_b, inst_b
+
+
+def _raw_panoptic(run: Path) -> dict:
+    """The panoptic section of RUN/config.yaml as written (a setting the run predates is absent)."""
+    import yaml
+
+    return (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("panoptic") or {}
+
+
 @writes_run("reclass")
 def reclass_run(run, log=print, progress: bool = False) -> int:
     """Apply the instance class from its masks (recon/postfit/mask_reclass.py) to a finished run folder, without
@@ -270,7 +294,6 @@ def reclass_run(run, log=print, progress: bool = False) -> int:
     from recon.postfit.fragments import merged_id_map
     from recon.postfit.mask_merge import mask_merge_params
     from recon.postfit.mask_reclass import reclass_mesh, reclass_params
-    from recon.postfit.mask_relabel import _read_relabel_arrays
 
     run = Path(run)
     if not (run / "instances.json").is_file():
@@ -281,23 +304,14 @@ def reclass_run(run, log=print, progress: bool = False) -> int:
     scene = run_scene(run)
     if not scene.has_masks:
         raise ValueError(f"{scene.root} has no masks: the mask reclass needs the scene's 2D masks")
-    import yaml
-    raw = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("panoptic") or {}
-    if raw.get("reclass_by_masks"):              # a run fitted before the setting existed had no reclass
+    if _raw_panoptic(run).get("reclass_by_masks"):              # a run fitted before the setting existed had no reclass
         log(f"{run}: reclassed by masks already (panoptic.reclass_by_masks); nothing changes")
         return 0
     sem_r, inst_r = lr["semantic"], lr["instance"]
     sem, _, merges = reclass_mesh(lr["verts"], sem_r, inst_r, scene, train_indices(scene, s), reclass_params(s),
                                   mask_merge_params(p), log=log, progress=progress)
     moved = sem != sem_r
-    earlier = _read_relabel_arrays(run, len(sem))
-    changed = np.zeros(len(sem), bool)
-    sem_b, inst_b = sem_r.copy(), inst_r.copy()
-    if earlier is not None:
-        changed[earlier["changed"]] = True
-        if "semantic_before" in earlier:
-            idx = earlier["changed"]
-            sem_b[idx], inst_b[idx] = earlier["semantic_before"], earlier["instance_before"]
+    changed, sem_b, inst_b = _labels_before_relabel(run, sem_r, inst_r)
     changed |= moved
     lut = merged_id_map(np.concatenate([lr["token_ids"], inst_r, inst_b]), merges) if merges else None
     inst = inst_r if lut is None else lut[inst_r]
@@ -325,9 +339,6 @@ def consistency_run(run, log=print, progress: bool = False) -> int:
     vertices added, with their earlier labels) and the label images, each file atomically; records
     panoptic.dissolve_on_stuff and consistent_ids in config.yaml and log.txt. Returns the number of vertices
     whose labels changed."""
-    import yaml
-
-    from recon.postfit.mask_relabel import _read_relabel_arrays
     from recon.postfit.panoptic_consistency import consistent_ids, consistent_mesh, instances_json_classes
 
     run = Path(run)
@@ -338,7 +349,7 @@ def consistency_run(run, log=print, progress: bool = False) -> int:
     s = lr["settings"]
     p = s.panoptic
     scene = run_scene(run)
-    raw = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("panoptic") or {}
+    raw = _raw_panoptic(run)
     if raw.get("dissolve_on_stuff") or raw.get("consistent_ids"):   # a run fitted before the settings had neither
         log(f"{run}: made consistent already (panoptic.dissolve_on_stuff / consistent_ids); nothing changes")
         return 0
@@ -346,27 +357,16 @@ def consistency_run(run, log=print, progress: bool = False) -> int:
     sem_r, inst_r = lr["semantic"], lr["instance"]
     sem, inst, dissolved = consistent_mesh(lr["verts"], sem_r, inst_r, scene, train_indices(scene, s), p, log=log,
                                            progress=progress)
-    earlier = _read_relabel_arrays(run, len(sem))
-    changed = np.zeros(len(sem), bool)
-    sem_b, inst_b = sem_r.copy(), inst_r.copy()
-    if earlier is not None:
-        changed[earlier["changed"]] = True
-        if "semantic_before" in earlier:
-            idx = earlier["changed"]
-            sem_b[idx], inst_b[idx] = earlier["semantic_before"], earlier["instance_before"]
+    changed, sem_b, inst_b = _labels_before_relabel(run, sem_r, inst_r)
     changed |= dissolved
     lr["semantic"] = sem
     rewrite_labelled_run(run, lr, lr["verts"], lr["faces"], None, inst, lr["token_ids"])
     if changed.any():
         write_relabel(run, changed, sem_b, inst_b)
-    n_px = 0
-    if dissolved.any() or p.consistent_ids:
-        id_class = instances_json_classes(run) or {}
-        things = scene.thing_ids()
-        after = (lambda si, ii: consistent_ids(si, ii, id_class, things)) if p.consistent_ids else None
-        n_px = correct_label_images(run, scene, LabelImageCorrector(lr["verts"], sem, inst, dissolved,
-                                                                    p.relabel_depth_tol_m, s.mesh.voxel_size_m),
-                                    after=after)
+    id_class, things = instances_json_classes(run) or {}, scene.thing_ids()     # the instances just written
+    n_px = correct_label_images(run, scene, LabelImageCorrector(lr["verts"], sem, inst, dissolved,
+                                                                p.relabel_depth_tol_m, s.mesh.voxel_size_m),
+                                after=lambda si, ii: consistent_ids(si, ii, id_class, things))
     n_changed = int(((sem != sem_r) | (inst != inst_r)).sum())
     record_post_process(run, s, f"panoptic consistency (dissolve on stuff {p.dissolve_on_stuff}: min_votes "
                                 f"{p.dissolve_min_votes}, min_share {p.dissolve_min_share}; consistent ids "

@@ -7,6 +7,7 @@ import pytest
 
 from recon.postfit.mask_merge import (MaskMergeParams, frame_masks_of_instances, mask_evidence_merges, mask_merges,
                                       merge_ids_by_masks, pair_votes, seen_pixels)
+from tests.recon.postfit.wall_scene import WallScene, wall_vertices
 
 K = np.array([[10.0, 0.0, 2.0], [0.0, 10.0, 2.0], [0.0, 0.0, 1.0]])       # 5 x 5 image, centre pixel (2, 2)
 
@@ -59,33 +60,17 @@ def test_mask_merges_threshold_and_order():
     assert mask_merges(Counter(), Counter(), {1: 5}, 3, 0.7) == {}
 
 
-class _TinyScene:
-    """Three frames of one camera looking at a 1 m x 1 m wall 2 m ahead, covered by two same-class pieces (left
-    half: instance 1, right half: instance 2; class 3 = table, a thing). masks: one mask over both halves or
-    one each."""
-
-    def __init__(self, one_mask: bool):
-        self.K = np.array([[20.0, 0.0, 9.5], [0.0, 20.0, 9.5], [0.0, 0.0, 1.0]])     # 20 x 20 pixels
-        self.c2w = np.stack([np.eye(4)] * 3)
-        self.has_masks = True
-        inst = np.zeros((20, 20), np.uint16)
-        inst[:, :10] = 1
-        inst[:, 10:] = 1 if one_mask else 2
-        self._masks = (inst, np.full((20, 20), 3, np.uint16), {})
-
-    def thing_ids(self):
-        return [3]
-
-    def load_depth_m(self, i):
-        return np.full((20, 20), 2.0, np.float32)
-
-    def load_masks(self, i):
-        return self._masks
+def _tiny_scene(one_mask: bool) -> WallScene:
+    """Three frames of a wall covered by two same-class pieces (left half: instance 1, right half: instance 2;
+    class 3 = table, a thing). masks: one mask over both halves or one each."""
+    inst = np.zeros((20, 20), np.uint16)
+    inst[:, :10] = 1
+    inst[:, 10:] = 1 if one_mask else 2
+    return WallScene(inst, np.full((20, 20), 3), [3])
 
 
 def _wall():
-    x, y = np.meshgrid(np.linspace(-0.45, 0.45, 30), np.linspace(-0.45, 0.45, 30))
-    verts = np.stack([x.ravel(), y.ravel(), np.full(x.size, 2.0)], 1)              # [900, 3] on the wall
+    verts = wall_vertices()
     inst = np.where(verts[:, 0] < 0, 1, 2)
     return verts, inst, np.full(len(verts), 3)
 
@@ -93,14 +78,14 @@ def _wall():
 @pytest.mark.parametrize("one_mask", [True, False])
 def test_the_rule_on_a_tiny_scene(one_mask):
     verts, inst, sem = _wall()
-    merges, same, diff = mask_evidence_merges(verts, inst, sem, _TinyScene(one_mask), [0, 1, 2], MaskMergeParams())
+    merges, same, diff = mask_evidence_merges(verts, inst, sem, _tiny_scene(one_mask), [0, 1, 2], MaskMergeParams())
     if one_mask:
         assert same == Counter({(1, 2): 3}) and not diff and merges == {2: 1}    # equal sizes: the smaller id stays
     else:
         assert diff == Counter({(1, 2): 3}) and not same and merges == {}
     token_ids = np.array([0, 1, 2, 2])                                              # 4 tokens -> instance ids
     lines = []
-    _, lut = merge_ids_by_masks(verts, inst, sem, token_ids, _TinyScene(one_mask), [0, 1, 2],
+    _, lut = merge_ids_by_masks(verts, inst, sem, token_ids, _tiny_scene(one_mask), [0, 1, 2],
                                 type("P", (), {"mask_merge_min_frames": 3, "mask_merge_min_share": 0.7})(),
                                 log=lines.append)
     if one_mask:

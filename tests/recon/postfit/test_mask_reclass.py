@@ -8,6 +8,7 @@ import pytest
 
 from recon.postfit.mask_merge import MaskMergeParams
 from recon.postfit.mask_reclass import ReclassParams, reclass_decisions, reclass_mesh
+from tests.recon.postfit.wall_scene import Named, WallScene, wall_vertices
 
 
 def test_reclass_decisions_by_hand():
@@ -24,40 +25,20 @@ def test_reclass_decisions_by_hand():
     assert reclass_decisions({9: Counter({4: 5})}, cls, [4], 3, 0.7) == {}          # an id without a class
 
 
-class _Classes:
-    def __init__(self, i, name):
-        self.id, self.name = i, name
-
-
-class _TinyScene:
-    """Three frames of one camera looking at a 1 m x 1 m wall 2 m ahead; one mask over the whole wall, of class
-    `mask_class` (3 = table, 5 = cabinet; both things)."""
-
-    def __init__(self, mask_class: int):
-        self.K = np.array([[20.0, 0.0, 9.5], [0.0, 20.0, 9.5], [0.0, 0.0, 1.0]])     # 20 x 20 pixels
-        self.c2w = np.stack([np.eye(4)] * 3)
-        self.has_masks = True
-        self.classes = [_Classes(3, "table"), _Classes(5, "cabinet")]
-        self._masks = (np.ones((20, 20), np.uint16), np.full((20, 20), mask_class, np.uint16), {})
-
-    def thing_ids(self):
-        return [3, 5]
-
-    def load_depth_m(self, i):
-        return np.full((20, 20), 2.0, np.float32)
-
-    def load_masks(self, i):
-        return self._masks
+def _tiny_scene(mask_class: int) -> WallScene:
+    """Three frames of a wall; one mask over the whole wall, of class `mask_class` (3 = table, 5 = cabinet; both
+    things)."""
+    return WallScene(np.ones((20, 20)), np.full((20, 20), mask_class), [3, 5],
+                     classes=[Named(3, "table"), Named(5, "cabinet")])
 
 
 @pytest.mark.parametrize("mask_class", [3, 5])
 def test_the_rule_on_a_tiny_scene(mask_class):
-    x, y = np.meshgrid(np.linspace(-0.45, 0.45, 30), np.linspace(-0.45, 0.45, 30))
-    verts = np.stack([x.ravel(), y.ravel(), np.full(x.size, 2.0)], 1)              # [900, 3] on the wall
+    verts = wall_vertices()                                                        # [900, 3] on the wall
     inst = np.where(verts[:, 0] < -0.2, 1, 2)                                      # 1: table (240), 2: cabinet (660)
     sem = np.where(inst == 1, 3, 5)
     lines = []
-    new_sem, new_cls, merges = reclass_mesh(verts, sem, inst, _TinyScene(mask_class), [0, 1, 2], ReclassParams(),
+    new_sem, new_cls, merges = reclass_mesh(verts, sem, inst, _tiny_scene(mask_class), [0, 1, 2], ReclassParams(),
                                             MaskMergeParams(), log=lines.append)
     if mask_class == 3:                   # the masks call the cabinet piece a table in all 3 frames
         assert new_cls == {2: 3} and (new_sem == 3).all()
@@ -69,11 +50,10 @@ def test_the_rule_on_a_tiny_scene(mask_class):
 
 
 def test_nothing_changes_where_the_masks_agree():
-    x, y = np.meshgrid(np.linspace(-0.45, 0.45, 30), np.linspace(-0.45, 0.45, 30))
-    verts = np.stack([x.ravel(), y.ravel(), np.full(x.size, 2.0)], 1)
+    verts = wall_vertices()
     inst = np.ones(len(verts), np.int64)
     sem = np.full(len(verts), 3)
     lines = []
-    new_sem, new_cls, merges = reclass_mesh(verts, sem, inst, _TinyScene(3), [0, 1, 2], ReclassParams(),
+    new_sem, new_cls, merges = reclass_mesh(verts, sem, inst, _tiny_scene(3), [0, 1, 2], ReclassParams(),
                                             MaskMergeParams(), log=lines.append)
     assert new_cls == {} and merges == {} and (new_sem == sem).all() and "mask reclass: none" in lines[0]

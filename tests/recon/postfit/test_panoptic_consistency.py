@@ -8,6 +8,7 @@ import numpy as np
 from recon.postfit.panoptic_consistency import (consistent_ids, consistent_mesh, dissolve_decisions,
                                                 dissolve_instances, instance_classes, kept_instance_classes,
                                                 mask_class_votes)
+from tests.recon.postfit.wall_scene import Named, WallScene, wall_vertices
 
 WALL, FLOOR, CABINET, BOOK = 1, 2, 5, 7
 
@@ -69,55 +70,29 @@ def test_kept_instance_classes_leave_out_small_instances():
     assert kept_instance_classes(sem, inst, 29) == {1: 5, 2: 7}
 
 
-class _Class:
-    def __init__(self, i, name, thing):
-        self.id, self.name, self.thing = i, name, thing
-
-
-class _TinyScene:
-    """Two frames of one camera looking at a wall 2 m ahead (20 x 20 pixels). The masks: wall on the left half,
-    a cabinet mask on the right half."""
-
-    def __init__(self):
-        self.K = np.array([[20.0, 0.0, 9.5], [0.0, 20.0, 9.5], [0.0, 0.0, 1.0]])
-        self.c2w = np.stack([np.eye(4)] * 2)
-        self.has_masks = True
-        self.classes = [_Class(WALL, "wall", False), _Class(FLOOR, "floor", False), _Class(CABINET, "cabinet", True),
-                        _Class(BOOK, "book", True)]
-        sem = np.full((20, 20), WALL, np.uint16)
-        sem[:, 10:] = CABINET
-        inst = np.where(sem == CABINET, 1, 2).astype(np.uint16)
-        self._masks = (inst, sem, {})
-
-    def thing_ids(self):
-        return [CABINET, BOOK]
-
-    def load_depth_m(self, i):
-        return np.full((20, 20), 2.0, np.float32)
-
-    def load_masks(self, i):
-        return self._masks
-
-
-def _wall():
-    x, y = np.meshgrid(np.linspace(-0.45, 0.45, 30), np.linspace(-0.45, 0.45, 30))
-    return np.stack([x.ravel(), y.ravel(), np.full(x.size, 2.0)], 1)                   # [900, 3]
+def _tiny_scene() -> WallScene:
+    """Two frames of a wall; the masks: wall on the left half, a cabinet mask on the right half."""
+    sem = np.full((20, 20), WALL)
+    sem[:, 10:] = CABINET
+    return WallScene(np.where(sem == CABINET, 1, 2), sem, [CABINET, BOOK], n_frames=2,
+                     classes=[Named(WALL, "wall", False), Named(FLOOR, "floor", False), Named(CABINET, "cabinet"),
+                              Named(BOOK, "book")])
 
 
 def test_both_rules_on_a_tiny_scene():
-    verts = _wall()
+    verts = wall_vertices()                                                            # [900, 3]
     left = verts[:, 0] < 0.0                                                           # the masks' wall half
     patch = left & (verts[:, 0] > -0.3)                                                # a "cabinet" on the wall
     sem = np.where(left & ~patch, WALL, CABINET)
     inst = np.where(patch, 2, np.where(left, 0, 1))
     tiny = (verts[:, 0] > 0.4) & (verts[:, 1] > 0.4)                                   # 4 "book" vertices in it
     sem[tiny], inst[tiny] = BOOK, 5
-    votes = mask_class_votes(verts, inst, _TinyScene(), [0, 1], 0.05)
+    votes = mask_class_votes(verts, inst, _tiny_scene(), [0, 1], 0.05)
     assert votes[2][WALL] > 0 and votes[2][CABINET] == 0 and votes[1][WALL] == 0 and votes[1][CABINET] > 0
     p = SimpleNamespace(dissolve_on_stuff=True, dissolve_min_votes=20, dissolve_min_share=0.5, consistent_ids=True,
                         min_instance_vertices=30)
     lines = []
-    new_sem, new_inst, dissolved = consistent_mesh(verts, sem, inst, _TinyScene(), [0, 1], p, log=lines.append)
+    new_sem, new_inst, dissolved = consistent_mesh(verts, sem, inst, _tiny_scene(), [0, 1], p, log=lines.append)
     assert (dissolved == patch).all()                              # the wall "cabinet" is gone, labelled wall
     assert (new_sem[patch] == WALL).all() and (new_inst[patch] == 0).all()
     assert (new_inst[tiny] == 0).all() and (new_sem[tiny] == BOOK).all()        # 4 vertices: no instance
@@ -125,5 +100,5 @@ def test_both_rules_on_a_tiny_scene():
     assert any("instance 2 (cabinet" in ln and "-> wall" in ln for ln in lines)
     # switched off, nothing changes
     off = SimpleNamespace(**{**vars(p), "dissolve_on_stuff": False, "consistent_ids": False})
-    s2, i2, d2 = consistent_mesh(verts, sem, inst, _TinyScene(), [0, 1], off, log=lines.append)
+    s2, i2, d2 = consistent_mesh(verts, sem, inst, _tiny_scene(), [0, 1], off, log=lines.append)
     assert (s2 == sem).all() and (i2 == inst).all() and not d2.any()
