@@ -61,7 +61,8 @@ ABLATED_OVERRIDES = ("tokens.spatial_prior=false", "tokens.adjust=false", "panop
                      "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false",
                      "panoptic.split_untokened=false", "panoptic.fill_unmasked=false")
 # Panoptic Lifting (Siddiqui et al., CVPR 2023) on our fields: a softmax over 25 slots per point, Hungarian on
-# -mean probability, cross-entropy, segment consistency (tokens/slots.py); none of our post-processing
+# -mean probability, cross-entropy, segment consistency (tokens/slots.py); none of our merges or relabelling (the
+# label clean-ups mask reclass and panoptic consistency stay on, as in ours_ablated)
 PL_OVERRIDES = ("tokens.formulation=slots", "tokens.n_slots=25", "tokens.segment_consistency=1.2",
                 "tokens.spatial_prior=false", "tokens.adjust=false", "panoptic.head=false",
                 "panoptic.merge_fragments=false", "panoptic.merge_by_masks=false", "panoptic.split_untokened=false",

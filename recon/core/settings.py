@@ -227,7 +227,7 @@ class PanopticSettings:
                                          # ceiling (stuff) more than its own class is no object: its vertices take
                                          # the nearest stuff labels (recon/postfit/panoptic_consistency.py; ours)
     dissolve_min_votes: int = 20         # ... with at least this many stuff mask votes (seen vertices x frames)
-    dissolve_min_share: float = 0.5      # ... that are more than this share of its stuff + own-class votes
+    dissolve_min_share: float = 0.5      # ... more than this share of its stuff + top thing-class votes
     consistent_ids: bool = True          # post-process: a thing vertex or label pixel whose id is no instance of
                                          # instances.json, or one of another class, loses the id (class kept)
 

@@ -29,12 +29,18 @@ def test_dissolve_decisions_by_hand():
              2: v(wall=10, floor=15, book=20),   # stuff 25 of 45 (0.56): dissolved, floor the most voted
              3: v(wall=19, cabinet=1),           # 19 stuff votes: too few
              4: v(wall=20, cabinet=20),          # share exactly 0.5: not more than it
-             5: v(wall=40, cabinet=5, book=100),  # another thing class does not count: 40 of 45, dissolved
+             5: v(wall=40, cabinet=5, book=100),  # another thing class beats stuff: 40 of 140, an object, kept
              6: v(cabinet=50),                   # no stuff vote
+             7: v(wall=60, cabinet=10, book=20),  # against the top thing class (book): 60 of 80, dissolved
+             8: v(wall=25, cabinet=15, book=15),  # 25 of 40 (0.63), dissolved; all thing votes together: 0.45
              9: v(wall=50)}                      # an id without a class
-    cls = {1: CABINET, 2: BOOK, 3: CABINET, 4: CABINET, 5: CABINET, 6: CABINET}
-    assert dissolve_decisions(votes, cls, [WALL, FLOOR], 20, 0.5) == {1: WALL, 2: FLOOR, 5: WALL}
-    assert dissolve_decisions(votes, cls, [WALL, FLOOR], 20, 0.8) == {5: WALL}   # 0.75 and 0.56 now too low
+    votes[10] = v(wall=30, cabinet=10)
+    votes[10][0] = 1000                          # class 0 (no mask) never votes: still 30 of 40, dissolved
+    cls = {1: CABINET, 2: BOOK, 3: CABINET, 4: CABINET, 5: CABINET, 6: CABINET, 7: CABINET, 8: CABINET,
+           10: CABINET}
+    assert dissolve_decisions(votes, cls, [WALL, FLOOR], 20, 0.5) == {1: WALL, 2: FLOOR, 7: WALL, 8: WALL,
+                                                                       10: WALL}
+    assert dissolve_decisions(votes, cls, [WALL, FLOOR], 20, 0.7) == {1: WALL, 7: WALL, 10: WALL}  # 0.56, 0.63 not
     assert dissolve_decisions(votes, cls, [], 20, 0.5) == {}                     # a scene without stuff classes
 
 
