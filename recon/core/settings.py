@@ -224,7 +224,7 @@ class PanopticSettings:
     reclass_min_frames: int = 3          # ... with at least this many frames' masks of that class
     reclass_min_share: float = 0.7       # ... that are at least this share of its frames with a clear mask
     dissolve_on_stuff: bool = True       # post-process: an instance whose training masks call it wall / floor /
-                                         # ceiling (stuff) more than its own class is no object: its vertices take
+                                         # ceiling (stuff) more than any thing class is no object: its vertices take
                                          # the nearest stuff labels (recon/postfit/panoptic_consistency.py; ours)
     dissolve_min_votes: int = 20         # ... with at least this many stuff mask votes (seen vertices x frames)
     dissolve_min_share: float = 0.5      # ... more than this share of its stuff + top thing-class votes
